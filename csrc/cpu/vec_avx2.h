@@ -1,0 +1,55 @@
+// 8 x float32 lanes with AVX2 + FMA, for the recurrence in csrc/wkv.h.
+// Included only by wkv_cpu_avx2.cpp (compiled with -mavx2 -mfma); internal linkage.
+#pragma once
+
+#include <immintrin.h>
+
+namespace {
+
+struct F32x8 {
+  __m256 r;
+  F32x8() = default;
+  F32x8(__m256 x) : r(x) {}
+  F32x8(float x) : r(_mm256_set1_ps(x)) {}
+  F32x8(int x) : r(_mm256_set1_ps(float(x))) {}
+};
+struct Mask8 {
+  __m256 m;
+};
+
+inline F32x8 operator+(F32x8 a, F32x8 b) { return _mm256_add_ps(a.r, b.r); }
+inline F32x8 operator-(F32x8 a, F32x8 b) { return _mm256_sub_ps(a.r, b.r); }
+inline F32x8 operator*(F32x8 a, F32x8 b) { return _mm256_mul_ps(a.r, b.r); }
+inline F32x8 operator/(F32x8 a, F32x8 b) { return _mm256_div_ps(a.r, b.r); }
+inline F32x8 operator-(F32x8 a) { return _mm256_xor_ps(a.r, _mm256_set1_ps(-0.0f)); }
+inline Mask8 operator>=(F32x8 a, F32x8 b) { return {_mm256_cmp_ps(a.r, b.r, _CMP_GE_OQ)}; }
+inline F32x8 wkv_abs(F32x8 a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.r); }
+inline F32x8 wkv_select(Mask8 m, F32x8 a, F32x8 b) { return _mm256_blendv_ps(b.r, a.r, m.m); }
+
+// exp(x) for x <= 0, as in vec_avx512.h; 2^n is built in the exponent bits, so the argument is
+// clamped at -87.3 (exp = 1.2e-38, negligible beside the other term of every pair).
+inline F32x8 wkv_exp_nonpos(F32x8 x) {
+  const __m256 xx = _mm256_max_ps(_mm256_set1_ps(-87.3f), x.r);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xx, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xx);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+struct Avx2Lane {
+  using V = F32x8;
+  static constexpr int64_t W = 8;
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V x) { _mm256_storeu_ps(p, x.r); }
+};
+
+}  // namespace

@@ -1,0 +1,58 @@
+// 16 x float32 lanes with AVX-512F, for the recurrence in csrc/wkv.h.
+// Included only by wkv_cpu_avx512.cpp (compiled with -mavx512f -mfma); internal linkage.
+#pragma once
+
+#include <immintrin.h>
+
+namespace {
+
+struct F32x16 {
+  __m512 r;
+  F32x16() = default;
+  F32x16(__m512 x) : r(x) {}
+  F32x16(float x) : r(_mm512_set1_ps(x)) {}
+  F32x16(int x) : r(_mm512_set1_ps(float(x))) {}
+};
+struct Mask16 {
+  __mmask16 m;
+};
+
+inline F32x16 operator+(F32x16 a, F32x16 b) { return _mm512_add_ps(a.r, b.r); }
+inline F32x16 operator-(F32x16 a, F32x16 b) { return _mm512_sub_ps(a.r, b.r); }
+inline F32x16 operator*(F32x16 a, F32x16 b) { return _mm512_mul_ps(a.r, b.r); }
+inline F32x16 operator/(F32x16 a, F32x16 b) { return _mm512_div_ps(a.r, b.r); }
+inline F32x16 operator-(F32x16 a) {
+  return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a.r),
+                                              _mm512_set1_epi32(int(0x80000000u))));
+}
+inline Mask16 operator>=(F32x16 a, F32x16 b) { return {_mm512_cmp_ps_mask(a.r, b.r, _CMP_GE_OQ)}; }
+inline F32x16 wkv_abs(F32x16 a) { return _mm512_abs_ps(a.r); }
+inline F32x16 wkv_select(Mask16 m, F32x16 a, F32x16 b) { return _mm512_mask_blend_ps(m.m, b.r, a.r); }
+
+// exp(x) for x <= 0: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, a degree-7 polynomial
+// (Cephes expf's coefficients, ~1 ulp), then scale by 2^n with scalef (underflows to 0).
+// NaN propagates: max() returns its second operand when either is NaN.
+inline F32x16 wkv_exp_nonpos(F32x16 x) {
+  const __m512 xx = _mm512_max_ps(_mm512_set1_ps(-104.0f), x.r);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xx, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xx);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+struct Avx512Lane {
+  using V = F32x16;
+  static constexpr int64_t W = 16;
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V x) { _mm512_storeu_ps(p, x.r); }
+};
+
+}  // namespace

@@ -1,0 +1,275 @@
+// CPU driver for the WKV recurrence in csrc/wkv.h, generic over a lane policy.
+//
+// Compiled once per instruction set (wkv_cpu_{scalar,avx2,avx512}.cpp) with raw pointers only:
+// no torch or standard-library templates are instantiated here, so nothing compiled with
+// AVX-512 can leak into code that runs on a machine without it. Everything below has internal
+// linkage (anonymous namespace); each translation unit exports two plain functions.
+//
+// Work split (PERF_NOTES.md, "row sweep"): a work item is one batch row and a contiguous run of
+// channels; time is the outer loop, channels the inner one, so the run's state stays in L1
+// and k, v, y stream through memory in order. Threads (OpenMP) take work items.
+//
+// Backward is O(T) with no limit on T: a first pass stores the state at the start of every
+// chunk of kChunk steps; then, from the last chunk to the first, the chunk's states are
+// recomputed into a small (L2-sized) buffer and the reverse recurrence walks it backwards.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "../wkv.h"
+#include "wkv_cpu_args.h"
+
+namespace {
+
+// A scalar lane: the tail of a channel run (and the whole run in the scalar build).
+template <class S>
+struct ScalarLane {
+  using V = S;
+  static constexpr int64_t W = 1;
+  static V load(const S* p) { return *p; }
+  static void store(S* p, V x) { *p = x; }
+};
+
+template <class S>
+S* scratch_alloc(int64_t n) {
+  // 64-byte aligned, rounded up to a whole number of cache lines.
+  const size_t bytes = ((size_t(n) * sizeof(S) + 63) / 64) * 64;
+  return static_cast<S*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes));
+}
+
+// Loads the input state of one work item (or the empty state).
+template <class S>
+void load_state(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, S* sa, S* sb,
+                S* sp) {
+  if (a.state_in) {
+    const S* s = a.state_in + b * 3 * a.C + c0;
+    std::memcpy(sa, s, n * sizeof(S));
+    std::memcpy(sb, s + a.C, n * sizeof(S));
+    std::memcpy(sp, s + 2 * a.C, n * sizeof(S));
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      sa[j] = S(0);
+      sb[j] = S(0);
+      sp[j] = S(wkv::kEmptyExponent);
+    }
+  }
+}
+
+template <class S>
+void store_state(S* dst, int64_t C, int64_t b, int64_t c0, int64_t n, const S* sa, const S* sb,
+                 const S* sp) {
+  S* s = dst + b * 3 * C + c0;
+  std::memcpy(s, sa, n * sizeof(S));
+  std::memcpy(s + C, sb, n * sizeof(S));
+  std::memcpy(s + 2 * C, sp, n * sizeof(S));
+}
+
+// Runs `lane_fn(L, j)` over the channels [0, n) of a run: full vectors of L, then scalar tail.
+#define WKV_FOR_LANES(n, ...)                                         \
+  do {                                                                 \
+    int64_t j = 0;                                                     \
+    {                                                                  \
+      using Lane = L;                                                  \
+      for (; j + Lane::W <= (n); j += Lane::W) { __VA_ARGS__ }               \
+    }                                                                  \
+    {                                                                  \
+      using Lane = ScalarLane<S>;                                      \
+      for (; j < (n); ++j) { __VA_ARGS__ }                                    \
+    }                                                                  \
+  } while (0)
+
+template <class L, class S>
+void forward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, S* scratch) {
+  S* sa = scratch;
+  S* sb = scratch + n;
+  S* sp = scratch + 2 * n;
+  load_state(a, b, c0, n, sa, sb, sp);
+  const S* w = a.w + c0;
+  const S* u = a.u + c0;
+  for (int64_t t = 0; t < a.T; ++t) {
+    const int64_t off = (b * a.T + t) * a.C + c0;
+    const S* kt = a.k + off;
+    const S* vt = a.v + off;
+    S* yt = a.y + off;
+    WKV_FOR_LANES(n, {
+      using V = typename Lane::V;
+      V aa = Lane::load(sa + j), bb = Lane::load(sb + j), pp = Lane::load(sp + j);
+      const V y = wkv::forward_step(Lane::load(w + j), Lane::load(u + j), Lane::load(kt + j),
+                                    Lane::load(vt + j), aa, bb, pp);
+      Lane::store(yt + j, y);
+      Lane::store(sa + j, aa);
+      Lane::store(sb + j, bb);
+      Lane::store(sp + j, pp);
+    });
+  }
+  if (a.state_out) store_state(a.state_out, a.C, b, c0, n, sa, sb, sp);
+}
+
+// Advances the states of a run over steps [t0, t1); if `trace` is given, stores the state
+// before each step there (3 rows of n per step).
+template <class L, class S>
+void advance_run(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, int64_t t0,
+                 int64_t t1, S* sa, S* sb, S* sp, S* trace) {
+  const S* w = a.w + c0;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t off = (b * a.T + t) * a.C + c0;
+    const S* kt = a.k + off;
+    const S* vt = a.v + off;
+    if (trace) {
+      S* tr = trace + (t - t0) * 3 * n;
+      std::memcpy(tr, sa, n * sizeof(S));
+      std::memcpy(tr + n, sb, n * sizeof(S));
+      std::memcpy(tr + 2 * n, sp, n * sizeof(S));
+    }
+    WKV_FOR_LANES(n, {
+      using V = typename Lane::V;
+      V aa = Lane::load(sa + j), bb = Lane::load(sb + j), pp = Lane::load(sp + j);
+      wkv::advance_state(Lane::load(w + j), Lane::load(kt + j), Lane::load(vt + j), aa, bb, pp);
+      Lane::store(sa + j, aa);
+      Lane::store(sb + j, bb);
+      Lane::store(sp + j, pp);
+    });
+  }
+}
+
+constexpr int64_t kChunk = 32;
+
+template <class L, class S>
+void backward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n) {
+  const int64_t nchunks = (a.T + kChunk - 1) / kChunk;
+  // checkpoints | chunk trace | running state (3) | adjoints ga, gb, gcarry, gw, gu (5)
+  S* checkpoints = scratch_alloc<S>(nchunks * 3 * n + kChunk * 3 * n + 8 * n);
+  S* trace = checkpoints + nchunks * 3 * n;
+  S* sa = trace + kChunk * 3 * n;
+  S* sb = sa + n;
+  S* sp = sb + n;
+  S* ga = sp + n;
+  S* gb = ga + n;
+  S* gc = gb + n;
+  S* gw = gc + n;
+  S* gu = gw + n;
+
+  // Pass 1: states at chunk starts, and the final state.
+  load_state(a, b, c0, n, sa, sb, sp);
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+    S* ck = checkpoints + ch * 3 * n;
+    std::memcpy(ck, sa, n * sizeof(S));
+    std::memcpy(ck + n, sb, n * sizeof(S));
+    std::memcpy(ck + 2 * n, sp, n * sizeof(S));
+    const int64_t t1 = (ch + 1) * kChunk < a.T ? (ch + 1) * kChunk : a.T;
+    advance_run<L>(a, b, c0, n, ch * kChunk, t1, sa, sb, sp, static_cast<S*>(nullptr));
+  }
+
+  // Seed the adjoints from the gradient of the returned state.
+  const S* gso = a.gstate_out ? a.gstate_out + b * 3 * a.C + c0 : nullptr;
+  for (int64_t j = 0; j < n; ++j) {
+    const S gaa = gso ? gso[j] : S(0);
+    const S gbb = gso ? gso[a.C + j] : S(0);
+    const S gpp = gso ? gso[2 * a.C + j] : S(0);
+    wkv::backward_init(gaa, gbb, gpp, sa[j], sb[j], ga[j], gb[j], gc[j]);
+    gw[j] = S(0);
+    gu[j] = S(0);
+  }
+
+  const S* w = a.w + c0;
+  const S* u = a.u + c0;
+  for (int64_t ch = nchunks - 1; ch >= 0; --ch) {
+    const int64_t t0 = ch * kChunk;
+    const int64_t t1 = t0 + kChunk < a.T ? t0 + kChunk : a.T;
+    const S* ck = checkpoints + ch * 3 * n;
+    std::memcpy(sa, ck, n * sizeof(S));
+    std::memcpy(sb, ck + n, n * sizeof(S));
+    std::memcpy(sp, ck + 2 * n, n * sizeof(S));
+    advance_run<L>(a, b, c0, n, t0, t1, sa, sb, sp, trace);
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      const int64_t off = (b * a.T + t) * a.C + c0;
+      const S* kt = a.k + off;
+      const S* vt = a.v + off;
+      const S* gyt = a.gy + off;
+      S* gkt = a.gk + off;
+      S* gvt = a.gv + off;
+      const S* tr = trace + (t - t0) * 3 * n;
+      WKV_FOR_LANES(n, {
+        using V = typename Lane::V;
+        V a_ga = Lane::load(ga + j), a_gb = Lane::load(gb + j), a_gc = Lane::load(gc + j);
+        V a_gw = Lane::load(gw + j), a_gu = Lane::load(gu + j);
+        V gk, gv;
+        wkv::backward_step(Lane::load(w + j), Lane::load(u + j), Lane::load(kt + j),
+                           Lane::load(vt + j), Lane::load(gyt + j), Lane::load(tr + j),
+                           Lane::load(tr + n + j), Lane::load(tr + 2 * n + j), a_ga, a_gb, a_gc,
+                           a_gw, a_gu, gk, gv);
+        Lane::store(gkt + j, gk);
+        Lane::store(gvt + j, gv);
+        Lane::store(ga + j, a_ga);
+        Lane::store(gb + j, a_gb);
+        Lane::store(gc + j, a_gc);
+        Lane::store(gw + j, a_gw);
+        Lane::store(gu + j, a_gu);
+      });
+    }
+  }
+
+  // Parameter gradients (accumulated per batch row, gw already times w) and state gradient.
+  S* gw_out = a.gw + b * a.C + c0;
+  S* gu_out = a.gu + b * a.C + c0;
+  S* gsi = a.gstate_in ? a.gstate_in + b * 3 * a.C + c0 : nullptr;
+  for (int64_t j = 0; j < n; ++j) {
+    gw_out[j] += gw[j] * w[j];
+    gu_out[j] += gu[j];
+    if (gsi) {
+      wkv::backward_finish(ga[j], gb[j], gc[j], checkpoints[j], checkpoints[n + j], gsi[j],
+                           gsi[a.C + j], gsi[2 * a.C + j]);
+    }
+  }
+  std::free(checkpoints);
+}
+
+#undef WKV_FOR_LANES
+
+// Channel runs: as long as possible (whole rows), split only to give every thread work;
+// run lengths are multiples of the vector width so only the last run has a scalar tail.
+inline int64_t channel_run(const int64_t B, const int64_t C, const int64_t nthreads,
+                           const int64_t width) {
+  int64_t splits = (nthreads + B - 1) / B;
+  if (splits < 1) splits = 1;
+  int64_t run = (C + splits - 1) / splits;
+  run = ((run + width - 1) / width) * width;
+  return run < C ? run : C;
+}
+
+template <class L, class S>
+void forward_all(const wkv::CpuArgs<S>& a) {
+  const int64_t run = channel_run(a.B, a.C, a.nthreads, L::W);
+  const int64_t nruns = (a.C + run - 1) / run;
+  const int64_t items = a.B * nruns;
+#pragma omp parallel num_threads(a.nthreads) if (a.nthreads > 1 && items > 1)
+  {
+    S* scratch = scratch_alloc<S>(3 * run);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < items; ++i) {
+      const int64_t b = i / nruns;
+      const int64_t c0 = (i % nruns) * run;
+      const int64_t n = c0 + run <= a.C ? run : a.C - c0;
+      forward_item<L>(a, b, c0, n, scratch);
+    }
+    std::free(scratch);
+  }
+}
+
+template <class L, class S>
+void backward_all(const wkv::CpuArgs<S>& a) {
+  const int64_t run = channel_run(a.B, a.C, a.nthreads, L::W);
+  const int64_t nruns = (a.C + run - 1) / run;
+  const int64_t items = a.B * nruns;
+#pragma omp parallel for schedule(static) num_threads(a.nthreads) if (a.nthreads > 1 && items > 1)
+  for (int64_t i = 0; i < items; ++i) {
+    const int64_t b = i / nruns;
+    const int64_t c0 = (i % nruns) * run;
+    const int64_t n = c0 + run <= a.C ? run : a.C - c0;
+    backward_item<L>(a, b, c0, n);
+  }
+}
+
+}  // namespace

@@ -1,0 +1,66 @@
+"""Loads the compiled operator library (rwkv_wkv/_C.so) into torch.ops.wkv."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+_loaded = False
+
+
+def load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    # find_spec works for regular and editable (redirecting) installs alike.
+    spec = importlib.util.find_spec("rwkv_wkv._C")
+    if spec is None or spec.origin is None:
+        raise ImportError(
+            "rwkv_wkv: the compiled library rwkv_wkv/_C.so was not found. Build it with\n"
+            "    pip install torch scikit-build-core 'cmake>=3.26' ninja\n"
+            "    pip install --no-build-isolation .\n"
+            "(nothing is compiled at import time)."
+        )
+    try:
+        torch.ops.load_library(spec.origin)
+    except OSError as e:
+        raise ImportError(
+            f"rwkv_wkv: could not load {spec.origin}: {e}\n"
+            f"It was probably built against a different torch than the one running "
+            f"({torch.__version__}). Rebuild with `pip install --no-build-isolation .`."
+        ) from e
+    _loaded = True
+
+
+def build_info() -> dict:
+    """What the installed build contains.
+
+    Keys: ``cuda`` (bool, CUDA kernel compiled in), ``openmp`` (bool), ``torch`` (the torch
+    version it was compiled against), ``torch_runtime`` (the one running), ``cpu_kernels``
+    (list of CPU instruction sets compiled in), ``cpu_isa`` (the one in use now) and, with
+    CUDA, ``cuda_archs`` (the SM architectures compiled).
+    """
+    load()
+    raw = torch.ops.wkv.build_info()
+    info: dict = {}
+    for item in raw.split(";"):
+        key, _, value = item.partition("=")
+        info[key] = value
+    for key in ("cuda", "openmp"):
+        info[key] = info.get(key) == "1"
+    info["cpu_kernels"] = info.get("cpu_kernels", "").split(",")
+    if "cuda_archs" in info:
+        info["cuda_archs"] = info["cuda_archs"].split(",")
+    info["torch_runtime"] = torch.__version__
+    return info
+
+
+def cpu_isa(isa: str | None = None) -> str:
+    """Returns the instruction set the CPU kernel uses; with ``isa``, switches to it first.
+
+    ``isa`` is "auto" (the best this processor supports), "avx512", "avx2" or "scalar".
+    Mainly for testing the fallback kernels and benchmarking them side by side.
+    """
+    load()
+    return torch.ops.wkv.cpu_isa(isa)

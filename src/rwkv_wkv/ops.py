@@ -1,0 +1,150 @@
+"""The Python side of the ops: fake kernels, autograd, and the public functions.
+
+torch.ops.wkv.wkv_forward / wkv_backward are defined in C++ (csrc/wkv_ops.cpp). Here they get
+fake (meta) kernels, so torch.compile / export can trace them, and an autograd formula, so
+``wkv`` and ``wkv_with_state`` are differentiable in every input including the state.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _library
+
+_library.load()
+
+_INPUT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _math_dtype(k: torch.Tensor) -> torch.dtype:
+    return torch.float64 if k.dtype == torch.float64 else torch.float32
+
+
+def _check(op, cond, msg, exc=ValueError):
+    if not cond:
+        raise exc(f"{op}: {msg}")
+
+
+def _check_fake_inputs(op, w, u, k, v, w_name="time_decay", u_name="time_first", sizes=None):
+    """Mirror of the C++ checks for fake tensors (the C++ ones never run while tracing)."""
+    _check(op, k.dim() == 3, f"k must have 3 dimensions (B, T, C), got shape {tuple(k.shape)}")
+    B, T, C = k.shape if sizes is None else sizes
+    _check(op, k.dtype in _INPUT_DTYPES, f"k must have dtype float32, float64, bfloat16 or float16, got {k.dtype}")
+    _check(op, v.dtype == k.dtype, f"v must have dtype {k.dtype} (the same as k), got {v.dtype}")
+    _check(op, w.dtype in (torch.float32, torch.float64), f"{w_name} must have dtype float32 or float64, got {w.dtype}")
+    _check(op, u.dtype == w.dtype, f"{u_name} must have dtype {w.dtype} ({w_name}), got {u.dtype}")
+    for t, name in ((v, "v"), (w, w_name), (u, u_name)):
+        _check(op, t.device == k.device, f"{name} is on {t.device} but k is on {k.device}; all tensors must be on one device", RuntimeError)
+    for t, name, shape in ((k, "k", (B, T, C)), (v, "v", (B, T, C)), (w, w_name, (C,)), (u, u_name, (C,))):
+        _check(op, tuple(t.shape) == tuple(shape), f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    return B, T, C
+
+
+def _check_fake_state(op, s, name, k, B, C):
+    if s is None:
+        return
+    _check(op, s.dtype == _math_dtype(k), f"{name} must have dtype {_math_dtype(k)}, got {s.dtype}")
+    _check(op, s.device == k.device, f"{name} is on {s.device} but k is on {k.device}", RuntimeError)
+    _check(op, tuple(s.shape) == (B, 3, C), f"{name} must have shape (B, 3, C) = {(B, 3, C)}, got {tuple(s.shape)}")
+
+
+@torch.library.register_fake("wkv::wkv_forward")
+def _wkv_forward_fake(time_decay, time_first, k, v, state=None):
+    B, T, C = _check_fake_inputs("wkv.wkv_forward", time_decay, time_first, k, v)
+    _check_fake_state("wkv.wkv_forward", state, "state", k, B, C)
+    return k.new_empty((B, T, C)), k.new_empty((B, 3, C), dtype=_math_dtype(k))
+
+
+@torch.library.register_fake("wkv::wkv_backward")
+def _wkv_backward_fake(time_decay, time_first, k, v, state, gy, gstate_out):
+    B, T, C = _check_fake_inputs("wkv.wkv_backward", time_decay, time_first, k, v)
+    _check_fake_state("wkv.wkv_backward", state, "state", k, B, C)
+    _check_fake_state("wkv.wkv_backward", gstate_out, "gstate_out", k, B, C)
+    return (
+        time_decay.new_empty((C,)),
+        time_first.new_empty((C,)),
+        k.new_empty((B, T, C)),
+        k.new_empty((B, T, C)),
+        k.new_empty((B, 3, C), dtype=_math_dtype(k)),
+    )
+
+
+@torch.library.register_fake("wkv::forward")
+def _legacy_forward_fake(B, T, C, w, u, k, v, y):
+    _check_fake_inputs("wkv.forward", w, u, k, v, "w", "u", sizes=(B, T, C))
+    return None
+
+
+@torch.library.register_fake("wkv::backward")
+def _legacy_backward_fake(B, T, C, w, u, k, v, gy, gw, gu, gk, gv):
+    _check_fake_inputs("wkv.backward", w, u, k, v, "w", "u", sizes=(B, T, C))
+    return None
+
+
+def _setup_context(ctx, inputs, output):
+    time_decay, time_first, k, v, state = inputs
+    ctx.save_for_backward(time_decay, time_first, k, v, state)
+    ctx.has_state = state is not None
+
+
+def _backward(ctx, gy, gstate_out):
+    time_decay, time_first, k, v, state = ctx.saved_tensors
+    if gy is None:
+        gy = torch.zeros_like(k)
+    g_td, g_tf, gk, gv, gstate = torch.ops.wkv.wkv_backward(
+        time_decay, time_first, k, v, state, gy, gstate_out
+    )
+    return g_td, g_tf, gk, gv, (gstate if ctx.has_state else None)
+
+
+torch.library.register_autograd("wkv::wkv_forward", _backward, setup_context=_setup_context)
+
+
+def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The WKV operator: y = wkv(time_decay, time_first, k, v), differentiable in all four.
+
+    time_decay, time_first: (C,) float32/float64; the decay is w = -exp(time_decay).
+    k, v: (B, T, C) float32/float64/bfloat16/float16 (same dtype); returns y of k's dtype.
+    """
+    return torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, None)[0]
+
+
+def wkv_with_state(time_decay, time_first, k, v, state=None):
+    """WKV continuing from ``state``: returns (y, new_state).
+
+    state is (B, 3, C) holding (aa, bb, pp) in the math dtype (float32; float64 for float64 k),
+    or None for the empty state. Gradients flow into ``state`` too, so a sequence processed as
+    consecutive segments gives the same values and gradients as one call over the whole.
+    """
+    y, new_state = torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, state)
+    return y, new_state
+
+
+def empty_state(B: int, C: int, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The empty state: aa = bb = 0, pp = -1e38 (so e^pp is exactly 0)."""
+    state = torch.zeros((B, 3, C), device=device, dtype=dtype)
+    state[:, 2] = -1e38
+    return state
+
+
+class WKVFunction(torch.autograd.Function):
+    """Drop-in for RWKV-LM's ``WKV``: ``WKVFunction.apply(B, T, C, time_decay, time_first, k, v)``.
+
+    Takes the raw ``time_decay`` (w = -exp(time_decay) is formed inside), any T, any B*C.
+    """
+
+    @staticmethod
+    def forward(ctx, B, T, C, time_decay, time_first, k, v):
+        if tuple(k.shape) != (B, T, C):
+            raise ValueError(f"WKVFunction: k must have shape (B, T, C) = {(B, T, C)}, got {tuple(k.shape)}")
+        y, _ = torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, None)
+        ctx.save_for_backward(time_decay, time_first, k, v)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        time_decay, time_first, k, v = ctx.saved_tensors
+        g_td, g_tf, gk, gv, _ = torch.ops.wkv.wkv_backward(
+            time_decay, time_first, k, v, None, gy.contiguous(), None
+        )
+        return None, None, None, g_td, g_tf, gk, gv

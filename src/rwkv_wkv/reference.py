@@ -1,0 +1,109 @@
+"""Reference implementations of WKV, for tests and benchmarks.
+
+- ``wkv_naive``: the straightforward Python loop over T (vectorised over B and C) with plain
+  torch ops, differentiable by autograd. It is the baseline the benchmark compares against.
+- ``wkv_exact``: float64 ground truth from the closed form (a weighted average of v with
+  log-weights, normalised by their maximum), independent of the recurrence. O(T^2) work.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EMPTY_EXPONENT = -1e38
+
+
+def _math_dtype(k: torch.Tensor) -> torch.dtype:
+    return torch.float64 if k.dtype == torch.float64 else torch.float32
+
+
+def wkv_naive(time_decay, time_first, k, v, state=None):
+    """WKV as a Python loop over t, in float32 (float64 for float64 k). Returns y (k's dtype)."""
+    dtype = _math_dtype(k)
+    w = -torch.exp(time_decay.to(dtype))
+    u = time_first.to(dtype)
+    k = k.to(dtype)
+    v = v.to(dtype)
+    B, T, C = k.shape
+    if state is None:
+        aa = torch.zeros((B, C), dtype=dtype, device=k.device)
+        bb = torch.zeros((B, C), dtype=dtype, device=k.device)
+        pp = torch.full((B, C), EMPTY_EXPONENT, dtype=dtype, device=k.device)
+    else:
+        aa, bb, pp = state.to(dtype).unbind(1)
+    ys = []
+    for t in range(T):
+        kt, vt = k[:, t], v[:, t]
+        bonus = u + kt
+        q = torch.maximum(pp, bonus)
+        e1, e2 = torch.exp(pp - q), torch.exp(bonus - q)
+        ys.append((e1 * aa + e2 * vt) / (e1 * bb + e2))
+        decayed = pp + w
+        q = torch.maximum(decayed, kt)
+        e1, e2 = torch.exp(decayed - q), torch.exp(kt - q)
+        aa, bb, pp = e1 * aa + e2 * vt, e1 * bb + e2, q
+    return torch.stack(ys, dim=1)
+
+
+def wkv_exact(time_decay, time_first, k, v, state=None, return_state=False, max_elements=1 << 23):
+    """Ground truth in float64 from the closed form:
+
+        y_t = (sum_{i<t} e^{(t-1-i)w + k_i} v_i + e^{u+k_t} v_t + e^{pp + t w} aa)
+            / (sum_{i<t} e^{(t-1-i)w + k_i}     + e^{u+k_t}     + e^{pp + t w} bb)
+
+    with w = -exp(time_decay) and the optional input state (aa, bb, pp) of shape (B, 3, C).
+    Every sum is normalised by its largest log-weight, so k up to +-1000 is exact.
+    Returns y (float64, (B, T, C)); with ``return_state``, also the state after step T-1 in the
+    kernel's representation (pp = the largest log-weight). Differentiable by autograd.
+    """
+    f64 = torch.float64
+    w = -torch.exp(time_decay.to(f64))
+    u = time_first.to(f64)
+    k = k.to(f64)
+    v = v.to(f64)
+    B, T, C = k.shape
+    dev = k.device
+    if state is None:
+        aa = torch.zeros((B, C), dtype=f64, device=dev)
+        bb = torch.zeros((B, C), dtype=f64, device=dev)
+        pp = torch.full((B, C), EMPTY_EXPONENT, dtype=f64, device=dev)
+    else:
+        aa, bb, pp = state.to(f64).unbind(1)
+    neg_inf = torch.tensor(float("-inf"), dtype=f64, device=dev)
+    has_state = (aa != 0) | (bb != 0)
+
+    ys = []
+    t0 = 0
+    while t0 < T:
+        # rows [t0, t1) see columns [0, t1): B * rows * t1 * C elements per block
+        rows = max(1, min(T - t0, max_elements // max(1, B * min(T, t0 + 64) * C)))
+        t1 = t0 + rows
+        tt = torch.arange(t0, t1, device=dev)
+        ii = torch.arange(t1, device=dev)
+        lag = (tt[:, None] - 1 - ii[None, :]).to(f64)  # (rows, t1)
+        logw = lag[None, :, :, None] * w + k[:, None, :t1, :]  # (B, rows, t1, C)
+        diag = (ii[None, :] == tt[:, None])[None, :, :, None]
+        logw = torch.where(diag, (u + k[:, None, :t1, :]), logw)
+        future = (ii[None, :] > tt[:, None])[None, :, :, None]
+        logw = torch.where(future, neg_inf, logw)
+        state_log = pp[:, None, :] + tt[None, :, None].to(f64) * w  # (B, rows, C)
+        m = torch.maximum(logw.amax(dim=2), torch.where(has_state[:, None, :], state_log, neg_inf))
+        e = torch.exp(logw - m[:, :, None, :])
+        es = torch.exp(state_log - m)
+        num = (e * v[:, None, :t1, :]).sum(dim=2) + aa[:, None, :] * es
+        den = e.sum(dim=2) + bb[:, None, :] * es
+        ys.append(num / den)
+        t0 = t1
+    y = torch.cat(ys, dim=1)
+    if not return_state:
+        return y
+
+    lag = (T - 1 - torch.arange(T, device=dev)).to(f64)
+    logw = lag[None, :, None] * w + k  # (B, T, C)
+    state_log = pp + T * w
+    p_new = torch.maximum(logw.amax(dim=1), state_log)
+    e = torch.exp(logw - p_new[:, None, :])
+    es = torch.exp(state_log - p_new)
+    a_new = (e * v).sum(dim=1) + aa * es
+    b_new = e.sum(dim=1) + bb * es
+    return y, torch.stack([a_new, b_new, p_new], dim=1)
