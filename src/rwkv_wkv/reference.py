@@ -75,23 +75,24 @@ def wkv_exact(time_decay, time_first, k, v, state=None, return_state=False, max_
     ys = []
     t0 = 0
     while t0 < T:
-        # rows [t0, t1) see columns [0, t1): B * rows * t1 * C elements per block
+        # rows [t0, t1) see the columns i < t1: B * rows * t1 * C elements per block
         rows = max(1, min(T - t0, max_elements // max(1, B * min(T, t0 + 64) * C)))
         t1 = t0 + rows
         tt = torch.arange(t0, t1, device=dev)
         ii = torch.arange(t1, device=dev)
         lag = (tt[:, None] - 1 - ii[None, :]).to(f64)  # (rows, t1)
+        # past tokens i < t: log-weight (t-1-i) w + k_i
         logw = lag[None, :, :, None] * w + k[:, None, :t1, :]  # (B, rows, t1, C)
-        diag = (ii[None, :] == tt[:, None])[None, :, :, None]
-        logw = torch.where(diag, (u + k[:, None, :t1, :]), logw)
-        future = (ii[None, :] > tt[:, None])[None, :, :, None]
-        logw = torch.where(future, neg_inf, logw)
+        logw.masked_fill_((ii[None, :] >= tt[:, None])[None, :, :, None], float("-inf"))
+        bonus = u + k[:, t0:t1]  # (B, rows, C): the current token's log-weight
         state_log = pp[:, None, :] + tt[None, :, None].to(f64) * w  # (B, rows, C)
-        m = torch.maximum(logw.amax(dim=2), torch.where(has_state[:, None, :], state_log, neg_inf))
-        e = torch.exp(logw - m[:, :, None, :])
+        m = torch.maximum(logw.amax(dim=2), bonus)
+        m = torch.maximum(m, torch.where(has_state[:, None, :], state_log, neg_inf))
+        e = logw.sub_(m[:, :, None, :]).exp_()
+        eb = torch.exp(bonus - m)
         es = torch.exp(state_log - m)
-        num = (e * v[:, None, :t1, :]).sum(dim=2) + aa[:, None, :] * es
-        den = e.sum(dim=2) + bb[:, None, :] * es
+        num = torch.einsum("brtc,btc->brc", e, v[:, :t1]) + eb * v[:, t0:t1] + aa[:, None, :] * es
+        den = e.sum(dim=2) + eb + bb[:, None, :] * es
         ys.append(num / den)
         t0 = t1
     y = torch.cat(ys, dim=1)
