@@ -50,6 +50,9 @@ struct Avx2Lane {
   static constexpr int64_t W = 8;
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V x) { _mm256_storeu_ps(p, x.r); }
+  static constexpr int64_t kStreamAlign = 32;
+  static void stream(float* p, V x) { _mm256_stream_ps(p, x.r); }  // p 32-byte aligned
+  static void fence() { _mm_sfence(); }
 };
 
 }  // namespace

@@ -53,6 +53,9 @@ struct Avx512Lane {
   static constexpr int64_t W = 16;
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V x) { _mm512_storeu_ps(p, x.r); }
+  static constexpr int64_t kStreamAlign = 64;
+  static void stream(float* p, V x) { _mm512_stream_ps(p, x.r); }  // p 64-byte aligned
+  static void fence() { _mm_sfence(); }
 };
 
 }  // namespace

@@ -30,6 +30,9 @@ struct ScalarLane {
   static constexpr int64_t W = 1;
   static V load(const S* p) { return *p; }
   static void store(S* p, V x) { *p = x; }
+  static constexpr int64_t kStreamAlign = 0;  // no streaming stores
+  static void stream(S* p, V x) { *p = x; }
+  static void fence() {}
 };
 
 template <class S>
@@ -66,6 +69,25 @@ void store_state(S* dst, int64_t C, int64_t b, int64_t c0, int64_t n, const S* s
   std::memcpy(s + 2 * C, sp, n * sizeof(S));
 }
 
+// Software prefetch of the same channels kPrefetchRows steps ahead: a run covers only part of
+// each row, a pattern the hardware prefetchers follow poorly (measured: splitting a row across
+// threads was slower than one thread without it).
+constexpr int64_t kPrefetchRows = 4;
+template <class S>
+inline void prefetch_ahead(const S* k, const S* v, int64_t row_stride) {
+  __builtin_prefetch(k + kPrefetchRows * row_stride);
+  __builtin_prefetch(v + kPrefetchRows * row_stride);
+}
+
+// Streaming (non-temporal) stores for an output: only for large outputs (>= 1 MiB, which would
+// not stay in L2 anyway) whose rows are aligned for the lane's vector stores.
+template <class L, class S>
+bool can_stream(const wkv::CpuArgs<S>& a, const S* out, int64_t c0) {
+  return L::kStreamAlign > 0 && a.B * a.T * a.C * int64_t(sizeof(S)) >= (int64_t(1) << 20) &&
+         reinterpret_cast<uintptr_t>(out + c0) % L::kStreamAlign == 0 &&
+         (a.C * int64_t(sizeof(S))) % L::kStreamAlign == 0;
+}
+
 // Runs `lane_fn(L, j)` over the channels [0, n) of a run: full vectors of L, then scalar tail.
 #define WKV_FOR_LANES(n, ...)                                         \
   do {                                                                 \
@@ -88,17 +110,26 @@ void forward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, S*
   load_state(a, b, c0, n, sa, sb, sp);
   const S* w = a.w + c0;
   const S* u = a.u + c0;
+  // Non-temporal stores for y when every row of the run is aligned: no read-for-ownership of
+  // lines, and no cache ping-pong where a neighbouring run (another thread) writes the rest of
+  // the row.
+  const bool stream_y = can_stream<L>(a, a.y, c0);
   for (int64_t t = 0; t < a.T; ++t) {
     const int64_t off = (b * a.T + t) * a.C + c0;
     const S* kt = a.k + off;
     const S* vt = a.v + off;
     S* yt = a.y + off;
     WKV_FOR_LANES(n, {
+      prefetch_ahead(kt + j, vt + j, a.C);
       using V = typename Lane::V;
       V aa = Lane::load(sa + j), bb = Lane::load(sb + j), pp = Lane::load(sp + j);
       const V y = wkv::forward_step(Lane::load(w + j), Lane::load(u + j), Lane::load(kt + j),
                                     Lane::load(vt + j), aa, bb, pp);
-      Lane::store(yt + j, y);
+      if (stream_y) {
+        Lane::stream(yt + j, y);
+      } else {
+        Lane::store(yt + j, y);
+      }
       Lane::store(sa + j, aa);
       Lane::store(sb + j, bb);
       Lane::store(sp + j, pp);
@@ -124,6 +155,7 @@ void advance_run(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, int
       std::memcpy(tr + 2 * n, sp, n * sizeof(S));
     }
     WKV_FOR_LANES(n, {
+      prefetch_ahead(kt + j, vt + j, a.C);
       using V = typename Lane::V;
       V aa = Lane::load(sa + j), bb = Lane::load(sb + j), pp = Lane::load(sp + j);
       wkv::advance_state(Lane::load(w + j), Lane::load(kt + j), Lane::load(vt + j), aa, bb, pp);
@@ -175,6 +207,7 @@ void backward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n) {
 
   const S* w = a.w + c0;
   const S* u = a.u + c0;
+  const bool stream_g = can_stream<L>(a, a.gk, c0) && can_stream<L>(a, a.gv, c0);
   for (int64_t ch = nchunks - 1; ch >= 0; --ch) {
     const int64_t t0 = ch * kChunk;
     const int64_t t1 = t0 + kChunk < a.T ? t0 + kChunk : a.T;
@@ -192,6 +225,8 @@ void backward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n) {
       S* gvt = a.gv + off;
       const S* tr = trace + (t - t0) * 3 * n;
       WKV_FOR_LANES(n, {
+        prefetch_ahead(kt + j, vt + j, -a.C);  // walking backwards in t
+        __builtin_prefetch(gyt + j - kPrefetchRows * a.C);
         using V = typename Lane::V;
         V a_ga = Lane::load(ga + j), a_gb = Lane::load(gb + j), a_gc = Lane::load(gc + j);
         V a_gw = Lane::load(gw + j), a_gu = Lane::load(gu + j);
@@ -200,8 +235,13 @@ void backward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n) {
                            Lane::load(vt + j), Lane::load(gyt + j), Lane::load(tr + j),
                            Lane::load(tr + n + j), Lane::load(tr + 2 * n + j), a_ga, a_gb, a_gc,
                            a_gw, a_gu, gk, gv);
-        Lane::store(gkt + j, gk);
-        Lane::store(gvt + j, gv);
+        if (stream_g) {
+          Lane::stream(gkt + j, gk);
+          Lane::stream(gvt + j, gv);
+        } else {
+          Lane::store(gkt + j, gk);
+          Lane::store(gvt + j, gv);
+        }
         Lane::store(ga + j, a_ga);
         Lane::store(gb + j, a_gb);
         Lane::store(gc + j, a_gc);
@@ -254,6 +294,7 @@ void forward_all(const wkv::CpuArgs<S>& a) {
       const int64_t n = c0 + run <= a.C ? run : a.C - c0;
       forward_item<L>(a, b, c0, n, scratch);
     }
+    L::fence();
     std::free(scratch);
   }
 }
@@ -263,12 +304,16 @@ void backward_all(const wkv::CpuArgs<S>& a) {
   const int64_t run = channel_run(a.B, a.C, a.nthreads, L::W);
   const int64_t nruns = (a.C + run - 1) / run;
   const int64_t items = a.B * nruns;
-#pragma omp parallel for schedule(static) num_threads(a.nthreads) if (a.nthreads > 1 && items > 1)
-  for (int64_t i = 0; i < items; ++i) {
-    const int64_t b = i / nruns;
-    const int64_t c0 = (i % nruns) * run;
-    const int64_t n = c0 + run <= a.C ? run : a.C - c0;
-    backward_item<L>(a, b, c0, n);
+#pragma omp parallel num_threads(a.nthreads) if (a.nthreads > 1 && items > 1)
+  {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < items; ++i) {
+      const int64_t b = i / nruns;
+      const int64_t c0 = (i % nruns) * run;
+      const int64_t n = c0 + run <= a.C ? run : a.C - c0;
+      backward_item<L>(a, b, c0, n);
+    }
+    L::fence();  // streaming stores are ordered per thread
   }
 }
 
