@@ -88,7 +88,10 @@ def wkv_exact(time_decay, time_first, k, v, state=None, return_state=False, max_
         state_log = pp[:, None, :] + tt[None, :, None].to(f64) * w  # (B, rows, C)
         m = torch.maximum(logw.amax(dim=2), bonus)
         m = torch.maximum(m, torch.where(has_state[:, None, :], state_log, neg_inf))
-        e = logw.sub_(m[:, :, None, :]).exp_()
+        if logw.requires_grad:
+            e = torch.exp(logw - m[:, :, None, :])
+        else:  # in place: half the memory traffic of the dominant O(T^2) step
+            e = logw.sub_(m[:, :, None, :]).exp_()
         eb = torch.exp(bonus - m)
         es = torch.exp(state_log - m)
         num = torch.einsum("brtc,btc->brc", e, v[:, :t1]) + eb * v[:, t0:t1] + aa[:, None, :] * es
