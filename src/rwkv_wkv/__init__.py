@@ -10,6 +10,7 @@ See README.md for the op contract.
 
 from . import reference
 from ._library import build_info, cpu_isa
+from .model import RWKV, RWKVConfig
 from .ops import WKVFunction, empty_state, wkv, wkv_with_state
 
 __all__ = [
@@ -20,5 +21,7 @@ __all__ = [
     "reference",
     "build_info",
     "cpu_isa",
+    "RWKV",
+    "RWKVConfig",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,357 @@
+"""RWKV-4 language model on top of the WKV op: GPT mode for training, RNN mode for generation.
+
+Parameter names and shapes are RWKV-LM RWKV-v4's, so its checkpoints load with strict=True:
+
+    emb.weight                          (vocab, C)
+    blocks.0.ln0.{weight,bias}          (C,)        only in block 0
+    blocks.{i}.ln1 / ln2.{weight,bias}  (C,)
+    blocks.{i}.att.time_decay           (C,)        decay w = -exp(time_decay)
+    blocks.{i}.att.time_first           (C,)        bonus u for the current token
+    blocks.{i}.att.time_mix_k|v|r       (1, 1, C)   token-shift interpolation
+    blocks.{i}.att.key|value|receptance|output.weight   (C, C)
+    blocks.{i}.ffn.time_mix_k|r         (1, 1, C)
+    blocks.{i}.ffn.key.weight           (F, C)      F = dim_ffn (4C by default)
+    blocks.{i}.ffn.receptance.weight    (C, C)
+    blocks.{i}.ffn.value.weight         (C, F)
+    ln_out.{weight,bias}, head.weight   (vocab, C)
+
+The recurrent state, per layer, is 5 rows of (B, C): the time-mix token shift (the previous
+ln1 output), the WKV state (aa, bb, pp) and the channel-mix token shift (previous ln2 output).
+It is one tensor of shape (B, n_layer, 5, C) in float32 (float64 for a float64 model).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ops import wkv_with_state
+
+EMPTY_EXPONENT = -1e38
+
+
+@dataclass
+class RWKVConfig:
+    vocab_size: int = 256
+    n_layer: int = 6
+    n_embd: int = 512
+    ctx_len: int = 1024
+    dim_ffn: int | None = None  # default 4 * n_embd
+    l2wrap: bool = True  # RWKV-LM's L2Wrap: a small gradient pulling the largest logit down
+    l2wrap_factor: float = 1e-4
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_layer", "n_embd", "ctx_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"RWKVConfig.{name} must be a positive integer, got {value!r}")
+        if self.dim_ffn is None:
+            self.dim_ffn = 4 * self.n_embd
+        if not isinstance(self.dim_ffn, int) or self.dim_ffn < 1:
+            raise ValueError(f"RWKVConfig.dim_ffn must be a positive integer, got {self.dim_ffn!r}")
+
+
+class L2Wrap(torch.autograd.Function):
+    """Identity on the loss; in backward, adds factor/(B*T) * max-logit to each position's
+    largest logit, discouraging logits from drifting upwards (RWKV-LM's L2Wrap)."""
+
+    @staticmethod
+    def forward(ctx, loss, logits, factor):
+        ctx.save_for_backward(logits)
+        ctx.factor = factor
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (logits,) = ctx.saved_tensors
+        scale = ctx.factor / max(1, logits.numel() // logits.shape[-1])
+        maxx, ids = torch.max(logits, dim=-1, keepdim=True)
+        glogits = torch.zeros_like(logits).scatter_(-1, ids, maxx * scale)
+        return grad_output, glogits, None
+
+
+def _shift(x, prev):
+    """Token shift: position t sees x_{t-1}; position 0 sees `prev` (zeros if None)."""
+    first = torch.zeros_like(x[:, :1]) if prev is None else prev[:, None].to(x.dtype)
+    return torch.cat([first, x[:, :-1]], dim=1)
+
+
+class TimeMix(nn.Module):
+    def __init__(self, config: RWKVConfig, layer_id: int):
+        super().__init__()
+        C, L = config.n_embd, config.n_layer
+        ratio_0_to_1 = layer_id / (L - 1) if L > 1 else 0.0
+        ratio_1_to_almost0 = 1.0 - layer_id / L
+        h = torch.arange(C, dtype=torch.float32)
+        # Decay speeds from -5 (slow, long memory) to 3 (fast), sharper in deeper layers.
+        self.time_decay = nn.Parameter(-5 + 8 * (h / max(C - 1, 1)) ** (0.7 + 1.3 * ratio_0_to_1))
+        # Bonus: log(0.3) with a small zigzag across channels (-0.5, 0, 0.5, ...).
+        zigzag = torch.tensor([((i + 1) % 3 - 1) * 0.5 for i in range(C)])
+        self.time_first = nn.Parameter(torch.full((C,), math.log(0.3)) + zigzag)
+        x = (h / C).view(1, 1, C)
+        self.time_mix_k = nn.Parameter(x.pow(ratio_1_to_almost0))
+        self.time_mix_v = nn.Parameter(x.pow(ratio_1_to_almost0) + 0.3 * ratio_0_to_1)
+        self.time_mix_r = nn.Parameter(x.pow(0.5 * ratio_1_to_almost0))
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+
+    def forward(self, x, shift=None, wkv_state=None):
+        """x: (B, T, C) after ln1. Returns (out, last x, new WKV state)."""
+        xx = _shift(x, shift)
+        xk = x * self.time_mix_k + xx * (1 - self.time_mix_k)
+        xv = x * self.time_mix_v + xx * (1 - self.time_mix_v)
+        xr = x * self.time_mix_r + xx * (1 - self.time_mix_r)
+        k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
+        y, new_state = wkv_with_state(self.time_decay, self.time_first, k, v, wkv_state)
+        return self.output(torch.sigmoid(r) * y.to(r.dtype)), x[:, -1], new_state
+
+
+class ChannelMix(nn.Module):
+    def __init__(self, config: RWKVConfig, layer_id: int):
+        super().__init__()
+        C = config.n_embd
+        ratio_1_to_almost0 = 1.0 - layer_id / config.n_layer
+        x = (torch.arange(C, dtype=torch.float32) / C).view(1, 1, C)
+        self.time_mix_k = nn.Parameter(x.pow(ratio_1_to_almost0))
+        self.time_mix_r = nn.Parameter(x.pow(ratio_1_to_almost0))
+        self.key = nn.Linear(C, config.dim_ffn, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(config.dim_ffn, C, bias=False)
+
+    def forward(self, x, shift=None):
+        xx = _shift(x, shift)
+        xk = x * self.time_mix_k + xx * (1 - self.time_mix_k)
+        xr = x * self.time_mix_r + xx * (1 - self.time_mix_r)
+        k = torch.square(torch.relu(self.key(xk)))
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1]
+
+
+class Block(nn.Module):
+    def __init__(self, config: RWKVConfig, layer_id: int):
+        super().__init__()
+        C = config.n_embd
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(C)
+        self.ln1 = nn.LayerNorm(C)
+        self.ln2 = nn.LayerNorm(C)
+        self.att = TimeMix(config, layer_id)
+        self.ffn = ChannelMix(config, layer_id)
+
+    def forward(self, x, state=None):
+        """state: None or (B, 5, C) for this layer. Returns (x, new layer state)."""
+        if hasattr(self, "ln0"):
+            x = self.ln0(x)
+        att_shift = wkv_state = ffn_shift = None
+        if state is not None:
+            att_shift, wkv_state, ffn_shift = state[:, 0], state[:, 1:4], state[:, 4]
+        a, att_last, wkv_new = self.att(self.ln1(x), att_shift, wkv_state)
+        x = x + a
+        f, ffn_last = self.ffn(self.ln2(x), ffn_shift)
+        x = x + f
+        new_state = torch.cat(
+            [att_last[:, None].to(wkv_new.dtype), wkv_new, ffn_last[:, None].to(wkv_new.dtype)], dim=1
+        )
+        return x, new_state
+
+
+class RWKV(nn.Module):
+    def __init__(self, config: RWKVConfig):
+        super().__init__()
+        self.config = config
+        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_out = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    # ---- initialisation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self):
+        """RWKV-4 initialisation of the matrices (the time_* curves are set in the modules):
+        embedding uniform +-1e-4; receptances, att.key and the output projections (att.output,
+        ffn.value) zero, so every block starts as the identity on the residual stream;
+        other matrices orthogonal with gain sqrt(out/in) when out > in; the head orthogonal
+        with gain 0.5 * sqrt(vocab / n_embd)."""
+        nn.init.uniform_(self.emb.weight, -1e-4, 1e-4)
+        zero = (".att.key.", ".att.receptance.", ".att.output.", ".ffn.value.", ".ffn.receptance.")
+        for name, p in self.named_parameters():
+            if not name.endswith(".weight") or p.dim() != 2 or name == "emb.weight":
+                continue
+            if any(z in "." + name for z in zero):
+                nn.init.zeros_(p)
+            elif name == "head.weight":
+                nn.init.orthogonal_(p, gain=0.5 * math.sqrt(p.shape[0] / p.shape[1]))
+            else:
+                nn.init.orthogonal_(p, gain=math.sqrt(p.shape[0] / p.shape[1]) if p.shape[0] > p.shape[1] else 1.0)
+
+    # ---- GPT mode ----------------------------------------------------------------------------
+    def forward(self, idx, targets=None, state=None, return_state=False):
+        """idx: (B, T) token ids. Returns (logits (B, T, vocab), loss or None), and with
+        ``return_state`` also the state after the last token, (B, n_layer, 5, C).
+
+        ``state`` continues from an earlier segment; gradients flow through it, so training
+        on consecutive segments with the state carried (not detached) gives the gradients of
+        the whole sequence.
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got range "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
+        x = self.emb(idx)
+        new_states = []
+        for i, block in enumerate(self.blocks):
+            x, s = block(x, None if state is None else state[:, i])
+            new_states.append(s)
+        logits = self.head(self.ln_out(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+            if self.config.l2wrap and self.training:
+                loss = L2Wrap.apply(loss, logits, self.config.l2wrap_factor)
+        if return_state:
+            return logits, loss, torch.stack(new_states, dim=1)
+        return logits, loss
+
+    # ---- RNN mode ----------------------------------------------------------------------------
+    def state_dtype(self):
+        return torch.float64 if self.emb.weight.dtype == torch.float64 else torch.float32
+
+    def init_state(self, batch_size: int, device=None):
+        """The state before any token: zero shifts, empty WKV state."""
+        device = device or self.emb.weight.device
+        C, L = self.config.n_embd, self.config.n_layer
+        state = torch.zeros(batch_size, L, 5, C, device=device, dtype=self.state_dtype())
+        state[:, :, 3] = EMPTY_EXPONENT
+        return state
+
+    def step(self, tokens, state):
+        """One token per batch row: tokens (B,) -> (logits (B, vocab), new state). O(1) in the
+        sequence length: the same blocks on a length-1 segment continuing from `state`."""
+        logits, _, state = self.forward(tokens.view(-1, 1), state=state, return_state=True)
+        return logits[:, -1], state
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None):
+        """Samples continuations. prompt_ids: (B, T) or (T,) ids (T >= 1). The prompt runs in
+        GPT mode (one call), then each new token costs one RNN step. Returns (B, T + new)."""
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        idx = torch.as_tensor(prompt_ids, device=self.emb.weight.device)
+        squeeze = idx.dim() == 1
+        idx = idx.view(1, -1) if squeeze else idx
+        if idx.shape[1] < 1:
+            raise ValueError("the prompt must hold at least one token")
+        gen = torch.Generator(device=idx.device)
+        gen.manual_seed(seed if seed is not None else torch.seed())
+        logits, _, state = self.forward(idx, state=None, return_state=True)
+        logits = logits[:, -1]
+        out = [idx]
+        for _ in range(max_new_tokens):
+            nxt = sample(logits.float(), temperature, top_k, top_p, gen)
+            out.append(nxt[:, None])
+            logits, state = self.step(nxt, state)
+        result = torch.cat(out, dim=1)
+        return result[0] if squeeze else result
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self, learning_rate, weight_decay=0.0, betas=(0.9, 0.99), eps=1e-8,
+                             time_lr_mult=1.0):
+        """AdamW with weight decay on the matrices only (not time_*, LayerNorms or the
+        embedding), and an optional larger learning rate for time_decay / time_first (RWKV-LM
+        trains them faster). Each group has an "lr_scale" the trainer's schedule multiplies."""
+        decay, no_decay, time_params = [], [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.endswith("time_decay") or name.endswith("time_first"):
+                time_params.append(p)
+            elif p.dim() == 2 and name != "emb.weight":
+                decay.append(p)
+            else:
+                no_decay.append(p)
+        groups = [
+            {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+            {"params": time_params, "weight_decay": 0.0, "lr_scale": time_lr_mult},
+        ]
+        for g in groups:
+            g["lr"] = learning_rate * g["lr_scale"]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, betas=betas, eps=eps)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    @staticmethod
+    def config_from_state_dict(sd, ctx_len=1024) -> RWKVConfig:
+        """Infers vocab_size, n_embd, n_layer and dim_ffn from an RWKV-LM v4 state dict."""
+        if "emb.weight" not in sd:
+            raise ValueError("not an RWKV-4 state dict: it has no 'emb.weight'")
+        vocab, C = sd["emb.weight"].shape
+        layers = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.")}
+        n_layer = max(layers) + 1 if layers else 0
+        dim_ffn = sd["blocks.0.ffn.key.weight"].shape[0] if "blocks.0.ffn.key.weight" in sd else 4 * C
+        return RWKVConfig(vocab_size=vocab, n_layer=n_layer, n_embd=C, ctx_len=ctx_len, dim_ffn=dim_ffn)
+
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu", ctx_len=None):
+        """Loads an RWKV-LM v4 ``.pth`` (a bare state dict) or one of our trainer checkpoints
+        (a dict with "model" and "config")."""
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+        if isinstance(obj, dict) and "model" in obj and "config" in obj:
+            cfg = dict(obj["config"])
+            if ctx_len is not None:
+                cfg["ctx_len"] = ctx_len
+            model = cls(RWKVConfig(**cfg))
+            model.load_state_dict(obj["model"], strict=True)
+            return model
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: expected a state dict or a trainer checkpoint, got {type(obj).__name__}")
+        config = cls.config_from_state_dict(obj, ctx_len or 1024)
+        model = cls(config)
+        model.load_state_dict(obj, strict=True)
+        return model
+
+    def save_rwkv_lm(self, path):
+        """Saves the bare state dict (RWKV-LM v4 format: same keys and shapes), atomically."""
+        tmp = f"{path}.tmp"
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
+        os.replace(tmp, path)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def config_dict(self):
+        return asdict(self.config)
+
+
+def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Samples one id per row of logits (B, V). temperature 0 = greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and 0 < top_p < 1:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        cum = torch.cumsum(sorted_p, dim=-1)
+        drop = cum - sorted_p > top_p  # keep the smallest set whose mass reaches top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def encode_bytes(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def decode_bytes(ids) -> str:
+    """Byte-level ids back to text (invalid UTF-8 sequences become U+FFFD)."""
+    return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
