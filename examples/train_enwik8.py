@@ -44,8 +44,8 @@ from rwkv_wkv.model import decode_bytes
 PRESETS = {
     # small enough to finish in a few minutes on 2 CPU cores and visibly learn
     "demo": dict(n_layer=4, n_embd=128, ctx_len=128, batch_size=16, lr=2e-3, lr_final=2e-4,
-                 warmup_steps=50, max_steps=1500, betas=(0.9, 0.99), eps=1e-8, eval_interval=300,
-                 eval_bytes=16384, ckpt_interval=300),
+                 warmup_steps=50, max_steps=1000, betas=(0.9, 0.99), eps=1e-8, eval_interval=250,
+                 eval_bytes=16384, ckpt_interval=250),
     # the seed tutorial's configuration
     "seed": dict(n_layer=12, n_embd=512, ctx_len=1024, batch_size=1, lr=1e-5, lr_final=1e-5,
                  warmup_steps=0, max_steps=100000, betas=(0.9, 0.999), eps=1e-8, eval_interval=1000,
