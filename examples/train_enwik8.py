@@ -166,6 +166,11 @@ def save_checkpoint(path: Path, state: dict):
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
+        # fault injection for tests/test_reliability.py: signal, then stall mid-write so the test
+        # can SIGKILL the process with the temp file written but not yet renamed
+        if marker := os.environ.get("RWKV_WKV_TEST_STALL_IN_CHECKPOINT"):
+            Path(marker).touch()
+            time.sleep(600)
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
