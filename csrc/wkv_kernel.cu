@@ -22,6 +22,20 @@ namespace {
 
 constexpr int kThreads = 64;
 
+// The input state of lane (b, c), or the empty state.
+template <class TAcc>
+__device__ __forceinline__ void load_state(const TAcc* __restrict__ state_in, int64_t b, int64_t c,
+                                           int64_t C, TAcc& aa, TAcc& bb, TAcc& pp) {
+  aa = 0;
+  bb = 0;
+  pp = TAcc(kEmptyExponent);
+  if (state_in) {
+    aa = state_in[(b * 3 + 0) * C + c];
+    bb = state_in[(b * 3 + 1) * C + c];
+    pp = state_in[(b * 3 + 2) * C + c];
+  }
+}
+
 template <class TIn, class TAcc>
 __global__ void forward_kernel(int64_t B, int64_t T, int64_t C, const TAcc* __restrict__ w,
                                const TAcc* __restrict__ u, const TIn* __restrict__ k,
@@ -30,12 +44,8 @@ __global__ void forward_kernel(int64_t B, int64_t T, int64_t C, const TAcc* __re
   const int64_t lane = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (lane >= B * C) return;
   const int64_t b = lane / C, c = lane % C;
-  TAcc aa = 0, bb = 0, pp = TAcc(kEmptyExponent);
-  if (state_in) {
-    aa = state_in[(b * 3 + 0) * C + c];
-    bb = state_in[(b * 3 + 1) * C + c];
-    pp = state_in[(b * 3 + 2) * C + c];
-  }
+  TAcc aa, bb, pp;
+  load_state(state_in, b, c, C, aa, bb, pp);
   const TAcc ww = w[c], uu = u[c];
   int64_t off = b * T * C + c;
   for (int64_t t = 0; t < T; ++t, off += C) {
@@ -62,12 +72,8 @@ __global__ void backward_kernel(int64_t B, int64_t T, int64_t C, const TAcc* __r
   const int64_t lane = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (lane >= B * C) return;
   const int64_t b = lane / C, c = lane % C;
-  TAcc aa = 0, bb = 0, pp = TAcc(kEmptyExponent);
-  if (state_in) {
-    aa = state_in[(b * 3 + 0) * C + c];
-    bb = state_in[(b * 3 + 1) * C + c];
-    pp = state_in[(b * 3 + 2) * C + c];
-  }
+  TAcc aa, bb, pp;
+  load_state(state_in, b, c, C, aa, bb, pp);
   const TAcc aa0 = aa, bb0 = bb;
   const TAcc ww = w[c], uu = u[c];
   // Pass 1: the state before every step.

@@ -145,16 +145,22 @@ void launch_backward(const Launch& a) {
 
 // ---- RWKV-LM contract -----------------------------------------------------------------------
 
-void legacy_forward(int64_t B, int64_t T, int64_t C, const at::Tensor& w, const at::Tensor& u,
-                    const at::Tensor& k, const at::Tensor& v, const at::Tensor& y) {
-  const char* op = "wkv.forward";
+// An output or extra input of the legacy ops: present, of `dtype`, on k's device, of `shape`.
+void check_buffer(const char* op, const at::Tensor& x, const char* name, at::ScalarType dtype,
+                  const char* why, const at::Tensor& k, const char* symbolic,
+                  std::initializer_list<int64_t> shape) {
+  check_defined(op, x, name);
+  check_dtype(op, x, name, dtype, why);
+  check_device(op, x, name, k);
+  check_shape(op, x, name, symbolic, shape);
+}
+
+// The part of a legacy call shared by forward and backward: sizes, parameters, sequences.
+Launch legacy_launch(const char* op, int64_t B, int64_t T, int64_t C, const at::Tensor& w,
+                     const at::Tensor& u, const at::Tensor& k, const at::Tensor& v) {
   check_sizes(op, B, T, C);
   check_common(op, B, T, C, w, "w", u, "u", k, v);
-  check_defined(op, y, "y");
-  check_dtype(op, y, "y", k.scalar_type(), "the same as k");
-  check_device(op, y, "y", k);
-  check_shape(op, y, "y", "(B, T, C)", {B, T, C});
-  for (auto [x, name] : {std::pair{&w, "w"}, {&u, "u"}, {&k, "k"}, {&v, "v"}, {&y, "y"}}) {
+  for (auto [x, name] : {std::pair{&w, "w"}, {&u, "u"}, {&k, "k"}, {&v, "v"}}) {
     check_contiguous(op, *x, name);
   }
   const auto math = math_dtype(k);
@@ -166,6 +172,15 @@ void legacy_forward(int64_t B, int64_t T, int64_t C, const at::Tensor& w, const 
   a.u = u.to(math);
   a.k = k;
   a.v = v;
+  return a;
+}
+
+void legacy_forward(int64_t B, int64_t T, int64_t C, const at::Tensor& w, const at::Tensor& u,
+                    const at::Tensor& k, const at::Tensor& v, const at::Tensor& y) {
+  const char* op = "wkv.forward";
+  Launch a = legacy_launch(op, B, T, C, w, u, k, v);
+  check_buffer(op, y, "y", k.scalar_type(), "the same as k", k, "(B, T, C)", {B, T, C});
+  check_contiguous(op, y, "y");
   a.y = y;
   launch_forward(a);
 }
@@ -175,35 +190,18 @@ void legacy_backward(int64_t B, int64_t T, int64_t C, const at::Tensor& w, const
                      const at::Tensor& gw, const at::Tensor& gu, const at::Tensor& gk,
                      const at::Tensor& gv) {
   const char* op = "wkv.backward";
-  check_sizes(op, B, T, C);
-  check_common(op, B, T, C, w, "w", u, "u", k, v);
-  const auto math = math_dtype(k);
+  Launch a = legacy_launch(op, B, T, C, w, u, k, v);
+  const auto math = a.w.scalar_type();
   const char* why = math == at::kDouble ? "gradients of float64 k accumulate in float64"
                                         : "gradients accumulate in float32";
   for (auto [x, name] : {std::pair{&gy, "gy"}, {&gk, "gk"}, {&gv, "gv"}}) {
-    check_defined(op, *x, name);
-    check_dtype(op, *x, name, k.scalar_type(), "the same as k");
-    check_device(op, *x, name, k);
-    check_shape(op, *x, name, "(B, T, C)", {B, T, C});
-  }
-  for (auto [x, name] : {std::pair{&gw, "gw"}, {&gu, "gu"}}) {
-    check_defined(op, *x, name);
-    check_dtype(op, *x, name, math, why);
-    check_device(op, *x, name, k);
-    check_shape(op, *x, name, "(B, C)", {B, C});
-  }
-  for (auto [x, name] : {std::pair{&w, "w"}, {&u, "u"}, {&k, "k"}, {&v, "v"}, {&gy, "gy"},
-                         {&gw, "gw"}, {&gu, "gu"}, {&gk, "gk"}, {&gv, "gv"}}) {
+    check_buffer(op, *x, name, k.scalar_type(), "the same as k", k, "(B, T, C)", {B, T, C});
     check_contiguous(op, *x, name);
   }
-  Launch a;
-  a.B = B;
-  a.T = T;
-  a.C = C;
-  a.w = w.to(math);
-  a.u = u.to(math);
-  a.k = k;
-  a.v = v;
+  for (auto [x, name] : {std::pair{&gw, "gw"}, {&gu, "gu"}}) {
+    check_buffer(op, *x, name, math, why, k, "(B, C)", {B, C});
+    check_contiguous(op, *x, name);
+  }
   a.gy = gy;
   a.gk = gk;
   a.gv = gv;
@@ -257,10 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> wkv_backw
     const std::optional<at::Tensor>& gstate_out) {
   const char* op = "wkv.wkv_backward";
   Launch a = functional_launch(op, time_decay, time_first, k, v, state);
-  check_defined(op, gy, "gy");
-  check_dtype(op, gy, "gy", k.scalar_type(), "the same as k");
-  check_device(op, gy, "gy", k);
-  check_shape(op, gy, "gy", "(B, T, C)", {a.B, a.T, a.C});
+  check_buffer(op, gy, "gy", k.scalar_type(), "the same as k", k, "(B, T, C)", {a.B, a.T, a.C});
   check_state(op, gstate_out, "gstate_out", k, a.B, a.C);
   a.gy = gy.contiguous();
   if (gstate_out.has_value() && gstate_out->defined()) a.gstate_out = gstate_out->contiguous();

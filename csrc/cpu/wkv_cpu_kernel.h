@@ -279,42 +279,41 @@ inline int64_t channel_run(const int64_t B, const int64_t C, const int64_t nthre
   return run < C ? run : C;
 }
 
-template <class L, class S>
-void forward_all(const wkv::CpuArgs<S>& a) {
+// Runs item_fn(b, c0, n, scratch) for every work item (batch row x channel run) on the
+// OpenMP threads; `scratch_rows` rows of `run` elements of 64-byte aligned scratch per thread.
+template <class L, class S, class ItemFn>
+void for_each_item(const wkv::CpuArgs<S>& a, int64_t scratch_rows, ItemFn item_fn) {
   const int64_t run = channel_run(a.B, a.C, a.nthreads, L::W);
   const int64_t nruns = (a.C + run - 1) / run;
   const int64_t items = a.B * nruns;
 #pragma omp parallel num_threads(a.nthreads) if (a.nthreads > 1 && items > 1)
   {
-    S* scratch = scratch_alloc<S>(3 * run);
+    S* scratch = scratch_rows > 0 ? scratch_alloc<S>(scratch_rows * run) : nullptr;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < items; ++i) {
       const int64_t b = i / nruns;
       const int64_t c0 = (i % nruns) * run;
       const int64_t n = c0 + run <= a.C ? run : a.C - c0;
-      forward_item<L>(a, b, c0, n, scratch);
+      item_fn(b, c0, n, scratch);
     }
-    L::fence();
+    L::fence();  // streaming stores are ordered per thread
     std::free(scratch);
   }
 }
 
 template <class L, class S>
+void forward_all(const wkv::CpuArgs<S>& a) {
+  for_each_item<L>(a, 3, [&](int64_t b, int64_t c0, int64_t n, S* scratch) {
+    forward_item<L>(a, b, c0, n, scratch);
+  });
+}
+
+template <class L, class S>
 void backward_all(const wkv::CpuArgs<S>& a) {
-  const int64_t run = channel_run(a.B, a.C, a.nthreads, L::W);
-  const int64_t nruns = (a.C + run - 1) / run;
-  const int64_t items = a.B * nruns;
-#pragma omp parallel num_threads(a.nthreads) if (a.nthreads > 1 && items > 1)
-  {
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < items; ++i) {
-      const int64_t b = i / nruns;
-      const int64_t c0 = (i % nruns) * run;
-      const int64_t n = c0 + run <= a.C ? run : a.C - c0;
-      backward_item<L>(a, b, c0, n);
-    }
-    L::fence();  // streaming stores are ordered per thread
-  }
+  // backward_item allocates its own scratch: its size depends on T
+  for_each_item<L>(a, 0, [&](int64_t b, int64_t c0, int64_t n, S*) {
+    backward_item<L>(a, b, c0, n);
+  });
 }
 
 }  // namespace
