@@ -209,3 +209,20 @@ def test_ddp_two_processes_match_single(tmp_path, corpus_file):
     ck = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)
     for n, p in ref["model"].state_dict().items():
         torch.testing.assert_close(ck["model"][n], p, rtol=1e-3, atol=1e-5, msg=n)
+
+
+def test_trainer_checkpoint_loads_into_model_and_vocab_mismatch_is_refused(tmp_path, corpus_file):
+    from rwkv_wkv import RWKV
+
+    tr = load_trainer()
+    args = ["--data", str(corpus_file), "--out-dir", str(tmp_path), "--max-steps", "2", "--ckpt-interval", "2",
+            "--eval-interval", "2", *TINY]
+    res = tr.main(args)
+    model = RWKV.from_checkpoint(tmp_path / "ckpt.pt")
+    for (n, p), q in zip(res["model"].state_dict().items(), model.state_dict().values()):
+        assert torch.equal(p, q), n
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    ck["config"]["vocab_size"] = 300
+    torch.save(ck, tmp_path / "ckpt.pt")
+    with pytest.raises(SystemExit, match="does not match"):
+        tr.main(args + ["--resume"])
