@@ -28,7 +28,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -261,7 +260,7 @@ def main(argv=None):
     try:
         corpus = load_corpus(a.data, a.data_dir)
     except DataError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     if len(corpus.train) < a.ctx_len + 2 or len(corpus.val) < 2:
         raise SystemExit(f"error: {corpus.name} is too small for ctx_len {a.ctx_len} "
                          f"(train split {len(corpus.train)} bytes)")
@@ -392,4 +391,4 @@ if __name__ == "__main__":
     try:
         main()
     except CheckpointError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None

@@ -138,7 +138,7 @@ def test_generation_is_deterministic_with_seed():
     b = model.generate(prompt, 12, temperature=0.9, top_k=8, top_p=0.9, seed=123)
     c = model.generate(prompt, 12, temperature=0.9, seed=124)
     assert a.shape == (16,) and torch.equal(a, b) and torch.equal(a[:4], prompt)
-    assert not torch.equal(a, c) or True  # different seeds may coincide on a tiny model
+    assert not torch.equal(a, c)  # fixed seeds, so this is deterministic too
     greedy = model.generate(prompt[None].repeat(2, 1), 5, temperature=0)
     assert torch.equal(greedy[0], greedy[1])
     # greedy generation equals argmax of GPT-mode logits, token by token
@@ -160,7 +160,6 @@ def test_forward_backward_tiny_cpu():
     loss.backward()
     for n, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), n
-    assert model.blocks[0].att.time_decay.grad.abs().sum() >= 0
 
 
 def test_optimizer_groups():
@@ -186,7 +185,7 @@ def test_tiny_training_learns_a_pattern():
     pattern = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3])
     data = pattern.repeat(8)
     opt = model.configure_optimizers(3e-3, betas=(0.9, 0.99))
-    for step in range(200):
+    for _ in range(200):
         start = torch.randint(0, len(data) - 33, (8,))
         x = torch.stack([data[s:s + 32] for s in start])
         y = torch.stack([data[s + 1:s + 33] for s in start])
