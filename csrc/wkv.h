@@ -63,16 +63,23 @@ WKV_HD void wkv_max_pair(V x, V z, V& ex, V& ez, M& x_wins) {
   ez = wkv_select(x_wins, e, V(1));
 }
 
-// Advances the state (aa, bb, pp) past token t: decay by e^w, add e^{k_t} (v_t, 1).
+// Advances the state (aa, bb, pp) past token t: decay by e^w, add e^{k_t} (v_t, 1). Also
+// returns the branch weights f1 = e^{pp + w - pp'}, f2 = e^{k_t - pp'} (one of them is 1),
+// which the backward can reuse instead of recomputing the exp.
 template <class V>
-WKV_HD void advance_state(V w, V k, V v, V& aa, V& bb, V& pp) {
-  V e1, e2;
+WKV_HD void advance_state(V w, V k, V v, V& aa, V& bb, V& pp, V& f1, V& f2) {
   decltype(pp >= k) state_wins;
   const V decayed = pp + w;
-  wkv_max_pair(decayed, k, e1, e2, state_wins);
-  aa = e1 * aa + e2 * v;
-  bb = e1 * bb + e2;
+  wkv_max_pair(decayed, k, f1, f2, state_wins);
+  aa = f1 * aa + f2 * v;
+  bb = f1 * bb + f2;
   pp = wkv_select(state_wins, decayed, k);
+}
+
+template <class V>
+WKV_HD void advance_state(V w, V k, V v, V& aa, V& bb, V& pp) {
+  V f1, f2;
+  advance_state(w, k, v, aa, bb, pp, f1, f2);
 }
 
 // One forward step: returns y_t and advances the state past token t.
@@ -86,15 +93,16 @@ WKV_HD V forward_step(V w, V u, V k, V v, V& aa, V& bb, V& pp) {
   return y;
 }
 
-// One backward step at token t, given the state *before* t (aa, bb, pp), the inputs and
-// g = dL/dy_t. On entry (ga, gb) are the scaled adjoints of the state after t, on exit those of
-// the state before t. Accumulates gw (gradient w.r.t. w) and gu; writes gk, gv.
+// One backward step at token t, given the state *before* t (aa, bb, pp), the decay-branch
+// weights (f1, f2) of advance_state at t, the inputs and g = dL/dy_t. On entry (ga, gb) are the
+// scaled adjoints of the state after t, on exit those of the state before t. Accumulates gw
+// (gradient w.r.t. w) and gu; writes gk, gv.
 template <class V>
-WKV_HD void backward_step(V w, V u, V k, V v, V g, V aa, V bb, V pp, V& ga, V& gb,
+WKV_HD void backward_step(V u, V k, V v, V g, V aa, V bb, V pp, V f1, V f2, V& ga, V& gb,
                           V& gcarry, V& gw, V& gu, V& gk, V& gv) {
   V e1, e2;
-  decltype(pp >= k) state_wins;
-  wkv_max_pair(pp, u + k, e1, e2, state_wins);
+  decltype(pp >= k) bonus_loses;
+  wkv_max_pair(pp, u + k, e1, e2, bonus_loses);
   const V inv_den = V(1) / (e1 * bb + e2);
   const V y = (e1 * aa + e2 * v) * inv_den;
   const V g_den = g * inv_den;
@@ -102,19 +110,28 @@ WKV_HD void backward_step(V w, V u, V k, V v, V g, V aa, V bb, V pp, V& ga, V& g
   const V g_bonus_k = g_bonus * (v - y);    // d y_t / d k_t (direct), also d y_t / d u
   gu = gu + g_bonus_k;
 
-  const V decayed = pp + w;
-  V f1, f2;
-  wkv_max_pair(decayed, k, f1, f2, state_wins);
   gv = g_bonus + ga * f2;
   gk = g_bonus_k + f2 * (ga * v + gb);
   gw = gw + f1 * (ga * aa + gb * bb);
-  // pp_{t+1} = decayed (state won: depends on pp_t and w) or k_t.
+  // pp_{t+1} = pp_t + w where the state won the max (f1 = 1 >= f2), else k_t. (At an exact tie
+  // both branches are equal and the state's is taken, as in advance_state.)
+  const auto state_wins = f1 >= f2;
   gk = gk + wkv_select(state_wins, V(0), gcarry);
   gw = gw + wkv_select(state_wins, gcarry, V(0));
   gcarry = wkv_select(state_wins, gcarry, V(0));
 
   ga = g_den * e1 + f1 * ga;
   gb = f1 * gb - g_den * y * e1;
+}
+
+// The same, recomputing the decay branch from w (when the forward's weights were not kept).
+template <class V>
+WKV_HD void backward_step(V w, V u, V k, V v, V g, V aa, V bb, V pp, V& ga, V& gb, V& gcarry,
+                          V& gw, V& gu, V& gk, V& gv) {
+  V f1, f2;
+  decltype(pp >= k) state_wins;
+  wkv_max_pair(pp + w, k, f1, f2, state_wins);
+  backward_step(u, k, v, g, aa, bb, pp, f1, f2, ga, gb, gcarry, gw, gu, gk, gv);
 }
 
 // Seeds the reverse pass from the gradient of the returned state (gaa, gbb, gpp) and its value.

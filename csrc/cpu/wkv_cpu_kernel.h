@@ -138,8 +138,11 @@ void forward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, S*
   if (a.state_out) store_state(a.state_out, a.C, b, c0, n, sa, sb, sp);
 }
 
-// Advances the states of a run over steps [t0, t1); if `trace` is given, stores the state
-// before each step there (3 rows of n per step).
+// Advances the states of a run over steps [t0, t1). If `trace` is given, stores for each step
+// kTraceRows rows of n: the state before the step (aa, bb, pp) and its decay-branch weights
+// (f1, f2), so the reverse pass needs one exp per step fewer.
+constexpr int64_t kTraceRows = 5;
+
 template <class L, class S>
 void advance_run(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, int64_t t0,
                  int64_t t1, S* sa, S* sb, S* sp, S* trace) {
@@ -148,17 +151,23 @@ void advance_run(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, int
     const int64_t off = (b * a.T + t) * a.C + c0;
     const S* kt = a.k + off;
     const S* vt = a.v + off;
-    if (trace) {
-      S* tr = trace + (t - t0) * 3 * n;
-      std::memcpy(tr, sa, n * sizeof(S));
-      std::memcpy(tr + n, sb, n * sizeof(S));
-      std::memcpy(tr + 2 * n, sp, n * sizeof(S));
-    }
+    S* tr = trace ? trace + (t - t0) * kTraceRows * n : nullptr;
     WKV_FOR_LANES(n, {
       prefetch_ahead(kt + j, vt + j, a.C);
       using V = typename Lane::V;
       V aa = Lane::load(sa + j), bb = Lane::load(sb + j), pp = Lane::load(sp + j);
-      wkv::advance_state(Lane::load(w + j), Lane::load(kt + j), Lane::load(vt + j), aa, bb, pp);
+      if (tr) {
+        Lane::store(tr + j, aa);
+        Lane::store(tr + n + j, bb);
+        Lane::store(tr + 2 * n + j, pp);
+        V f1, f2;
+        wkv::advance_state(Lane::load(w + j), Lane::load(kt + j), Lane::load(vt + j), aa, bb, pp,
+                           f1, f2);
+        Lane::store(tr + 3 * n + j, f1);
+        Lane::store(tr + 4 * n + j, f2);
+      } else {
+        wkv::advance_state(Lane::load(w + j), Lane::load(kt + j), Lane::load(vt + j), aa, bb, pp);
+      }
       Lane::store(sa + j, aa);
       Lane::store(sb + j, bb);
       Lane::store(sp + j, pp);
@@ -172,9 +181,9 @@ template <class L, class S>
 void backward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n) {
   const int64_t nchunks = (a.T + kChunk - 1) / kChunk;
   // checkpoints | chunk trace | running state (3) | adjoints ga, gb, gcarry, gw, gu (5)
-  S* checkpoints = scratch_alloc<S>(nchunks * 3 * n + kChunk * 3 * n + 8 * n);
+  S* checkpoints = scratch_alloc<S>(nchunks * 3 * n + kChunk * kTraceRows * n + 8 * n);
   S* trace = checkpoints + nchunks * 3 * n;
-  S* sa = trace + kChunk * 3 * n;
+  S* sa = trace + kChunk * kTraceRows * n;
   S* sb = sa + n;
   S* sp = sb + n;
   S* ga = sp + n;
@@ -223,7 +232,7 @@ void backward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n) {
       const S* gyt = a.gy + off;
       S* gkt = a.gk + off;
       S* gvt = a.gv + off;
-      const S* tr = trace + (t - t0) * 3 * n;
+      const S* tr = trace + (t - t0) * kTraceRows * n;
       WKV_FOR_LANES(n, {
         prefetch_ahead(kt + j, vt + j, -a.C);  // walking backwards in t
         __builtin_prefetch(gyt + j - kPrefetchRows * a.C);
@@ -231,10 +240,10 @@ void backward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n) {
         V a_ga = Lane::load(ga + j), a_gb = Lane::load(gb + j), a_gc = Lane::load(gc + j);
         V a_gw = Lane::load(gw + j), a_gu = Lane::load(gu + j);
         V gk, gv;
-        wkv::backward_step(Lane::load(w + j), Lane::load(u + j), Lane::load(kt + j),
-                           Lane::load(vt + j), Lane::load(gyt + j), Lane::load(tr + j),
-                           Lane::load(tr + n + j), Lane::load(tr + 2 * n + j), a_ga, a_gb, a_gc,
-                           a_gw, a_gu, gk, gv);
+        wkv::backward_step(Lane::load(u + j), Lane::load(kt + j), Lane::load(vt + j),
+                           Lane::load(gyt + j), Lane::load(tr + j), Lane::load(tr + n + j),
+                           Lane::load(tr + 2 * n + j), Lane::load(tr + 3 * n + j),
+                           Lane::load(tr + 4 * n + j), a_ga, a_gb, a_gc, a_gw, a_gu, gk, gv);
         if (stream_g) {
           Lane::stream(gkt + j, gk);
           Lane::stream(gvt + j, gv);
