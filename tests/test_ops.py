@@ -278,3 +278,27 @@ def test_large_gradients_match_float64(backend):
     for g, r, name in zip(got, ref, ["y", "time_decay", "time_first", "k", "v"]):
         err = (g - r).abs().max().item()
         assert err <= 1e-4 * r.abs().max().item(), f"{name}: {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_16bit_sequences_round_like_torch(backend, dtype):
+    """16-bit k, v are widened in the kernel and y is rounded to nearest even on the way out:
+    the result is bit-identical to computing on the widened float32 inputs and letting torch
+    round. v spans normal and (for float16) subnormal magnitudes, negative zero included."""
+    B, T, C = 2, 37, 45  # vector bodies and scalar tails
+    td, tf, k, v = make_inputs(B, T, C, seed=15)
+    scale = torch.logspace(-9, 2, C, dtype=torch.float64)
+    v = (v * scale).to(dtype)
+    v[0, 0, 0] = -0.0
+    k = k.to(dtype)
+    td, tf = td.float().to(backend), tf.float().to(backend)
+    k, v = k.to(backend), v.to(backend)
+    y16 = rwkv_wkv.wkv(td, tf, k, v)
+    y32 = rwkv_wkv.wkv(td, tf, k.float(), v.float())
+    assert y16.dtype == dtype
+    assert torch.equal(y16.view(torch.int16), y32.to(dtype).view(torch.int16))
+    gy = torch.randn(B, T, C, generator=torch.Generator().manual_seed(16)).to(backend)
+    g16 = torch.ops.wkv.wkv_backward(td, tf, k, v, None, gy.to(dtype), None)
+    g32 = torch.ops.wkv.wkv_backward(td, tf, k.float(), v.float(), None, gy.to(dtype).float(), None)
+    for a, b in zip(g16[2:4], g32[2:4]):
+        assert torch.equal(a.view(torch.int16), b.to(dtype).view(torch.int16))

@@ -1,8 +1,10 @@
 // 8 x float32 lanes with AVX2 + FMA, for the recurrence in csrc/wkv.h.
-// Included only by wkv_cpu_avx2.cpp (compiled with -mavx2 -mfma); internal linkage.
+// Included only by wkv_cpu_avx2.cpp (compiled with -mavx2 -mfma -mf16c); internal linkage.
 #pragma once
 
 #include <immintrin.h>
+
+#include "half_convert.h"
 
 namespace {
 
@@ -50,6 +52,28 @@ struct Avx2Lane {
   static constexpr int64_t W = 8;
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V x) { _mm256_storeu_ps(p, x.r); }
+  // 16-bit sequences: widened on load, rounded to nearest even on store (NaN stays NaN)
+  static V load(const Bf16* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static V load(const Half16* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static void store(Bf16* p, V x) {
+    const __m256i u = _mm256_castps_si256(x.r);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.r, x.r, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+    // 8 x 32-bit -> 8 x 16-bit: pack within 128-bit halves, then gather the two low quarters
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
+  static void store(Half16* p, V x) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm256_cvtps_ph(x.r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
   static constexpr int64_t kStreamAlign = 32;
   static void stream(float* p, V x) { _mm256_stream_ps(p, x.r); }  // p 32-byte aligned
   static void fence() { _mm_sfence(); }

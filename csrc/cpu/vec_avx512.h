@@ -4,6 +4,8 @@
 
 #include <immintrin.h>
 
+#include "half_convert.h"
+
 namespace {
 
 struct F32x16 {
@@ -53,6 +55,26 @@ struct Avx512Lane {
   static constexpr int64_t W = 16;
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V x) { _mm512_storeu_ps(p, x.r); }
+  // 16-bit sequences: widened on load, rounded to nearest even on store (NaN stays NaN)
+  static V load(const Bf16* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static V load(const Half16* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static void store(Bf16* p, V x) {
+    const __m512i u = _mm512_castps_si512(x.r);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), lsb)), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(x.r, x.r, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7fc0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  }
+  static void store(Half16* p, V x) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtps_ph(x.r, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
   static constexpr int64_t kStreamAlign = 64;
   static void stream(float* p, V x) { _mm512_stream_ps(p, x.r); }  // p 64-byte aligned
   static void fence() { _mm_sfence(); }

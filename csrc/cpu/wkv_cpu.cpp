@@ -1,11 +1,11 @@
 // CPU launcher: picks the kernel for this processor and hands it raw pointers.
 //
-// float32 math runs the widest SIMD kernel the processor supports (AVX-512F, else AVX2+FMA,
-// else scalar), chosen at run time so the same build runs on any x86-64 (and elsewhere, where
-// only the scalar kernel is built). float64 runs the scalar kernel. bfloat16/float16 inputs are
-// converted to float32 once, computed, and the results converted back.
+// float32 math runs the widest SIMD kernel the processor supports (AVX-512F, else
+// AVX2+FMA+F16C, else scalar), chosen at run time so the same build runs on any x86-64 (and
+// elsewhere, where only the scalar kernel is built). float64 runs the scalar kernel.
+// bfloat16/float16 sequences are widened to float32 as they are loaded and rounded back as they
+// are stored, inside the kernel (no converted copies).
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <atomic>
@@ -22,7 +22,10 @@ Isa best_isa() {
 #if defined(WKV_HAVE_X86_KERNELS)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) return Isa::Avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c")) {
+    return Isa::Avx2;
+  }
 #endif
   return Isa::Scalar;
 }
@@ -40,30 +43,23 @@ const char* isa_name(Isa isa) {
   }
 }
 
-template <class T>
-CpuArgs<T> make_args(const Launch& a, const at::Tensor& k, const at::Tensor& v) {
-  CpuArgs<T> c;
+template <class S, class I>
+CpuArgs<S, I> make_args(const Launch& a) {
+  CpuArgs<S, I> c;
   c.B = a.B;
   c.T = a.T;
   c.C = a.C;
   c.nthreads = at::get_num_threads();
-  c.w = a.w.data_ptr<T>();
-  c.u = a.u.data_ptr<T>();
-  c.k = k.data_ptr<T>();
-  c.v = v.data_ptr<T>();
-  c.state_in = a.state_in.defined() ? a.state_in.data_ptr<T>() : nullptr;
+  c.w = a.w.data_ptr<S>();
+  c.u = a.u.data_ptr<S>();
+  c.k = static_cast<const I*>(a.k.const_data_ptr());
+  c.v = static_cast<const I*>(a.v.const_data_ptr());
+  c.state_in = a.state_in.defined() ? a.state_in.data_ptr<S>() : nullptr;
   return c;
 }
 
-// float32 or float64 view of a (B, T, C) tensor: itself, or a converted copy for 16-bit types.
-at::Tensor as_math(const at::Tensor& x, at::ScalarType math) {
-  return x.scalar_type() == math ? x : x.to(math);
-}
-at::Tensor out_buffer(const at::Tensor& out, at::ScalarType math) {
-  return out.scalar_type() == math ? out : at::empty(out.sizes(), out.options().dtype(math));
-}
-
-void run_forward(const CpuArgs<float>& c) {
+template <class I>
+void run_forward(const CpuArgs<float, I>& c) {
   switch (static_cast<Isa>(isa_setting().load())) {
 #if defined(WKV_HAVE_X86_KERNELS)
     case Isa::Avx512: return forward_cpu_avx512(c);
@@ -72,7 +68,8 @@ void run_forward(const CpuArgs<float>& c) {
     default: return forward_cpu_scalar(c);
   }
 }
-void run_backward(const CpuArgs<float>& c) {
+template <class I>
+void run_backward(const CpuArgs<float, I>& c) {
   switch (static_cast<Isa>(isa_setting().load())) {
 #if defined(WKV_HAVE_X86_KERNELS)
     case Isa::Avx512: return backward_cpu_avx512(c);
@@ -84,46 +81,46 @@ void run_backward(const CpuArgs<float>& c) {
 void run_forward(const CpuArgs<double>& c) { forward_cpu_scalar(c); }
 void run_backward(const CpuArgs<double>& c) { backward_cpu_scalar(c); }
 
-template <class T>
+template <class S, class I>
 void forward_typed(const Launch& a) {
-  const auto math = a.w.scalar_type();
-  const at::Tensor k = as_math(a.k, math), v = as_math(a.v, math);
-  at::Tensor y = out_buffer(a.y, math);
-  CpuArgs<T> c = make_args<T>(a, k, v);
-  c.y = y.data_ptr<T>();
-  c.state_out = a.state_out.defined() ? a.state_out.data_ptr<T>() : nullptr;
+  CpuArgs<S, I> c = make_args<S, I>(a);
+  c.y = static_cast<I*>(a.y.data_ptr());
+  c.state_out = a.state_out.defined() ? a.state_out.data_ptr<S>() : nullptr;
   run_forward(c);
-  if (!y.is_same(a.y)) a.y.copy_(y);
 }
 
-template <class T>
+template <class S, class I>
 void backward_typed(const Launch& a) {
-  const auto math = a.w.scalar_type();
-  const at::Tensor k = as_math(a.k, math), v = as_math(a.v, math), gy = as_math(a.gy, math);
-  at::Tensor gk = out_buffer(a.gk, math), gv = out_buffer(a.gv, math);
-  CpuArgs<T> c = make_args<T>(a, k, v);
-  c.gy = gy.data_ptr<T>();
-  c.gstate_out = a.gstate_out.defined() ? a.gstate_out.data_ptr<T>() : nullptr;
-  c.gk = gk.data_ptr<T>();
-  c.gv = gv.data_ptr<T>();
-  c.gw = a.gw.data_ptr<T>();
-  c.gu = a.gu.data_ptr<T>();
-  c.gstate_in = a.gstate_in.defined() ? a.gstate_in.data_ptr<T>() : nullptr;
+  CpuArgs<S, I> c = make_args<S, I>(a);
+  c.gy = static_cast<const I*>(a.gy.const_data_ptr());
+  c.gstate_out = a.gstate_out.defined() ? a.gstate_out.data_ptr<S>() : nullptr;
+  c.gk = static_cast<I*>(a.gk.data_ptr());
+  c.gv = static_cast<I*>(a.gv.data_ptr());
+  c.gw = a.gw.data_ptr<S>();
+  c.gu = a.gu.data_ptr<S>();
+  c.gstate_in = a.gstate_in.defined() ? a.gstate_in.data_ptr<S>() : nullptr;
   run_backward(c);
-  if (!gk.is_same(a.gk)) a.gk.copy_(gk);
-  if (!gv.is_same(a.gv)) a.gv.copy_(gv);
+}
+
+// Calls fn.template operator()<S, I>() for the math type S and sequence type I of this launch.
+template <class Fn>
+void dispatch_types(const Launch& a, Fn fn) {
+  switch (a.k.scalar_type()) {
+    case at::kDouble: return fn.template operator()<double, double>();
+    case at::kBFloat16: return fn.template operator()<float, Bf16>();
+    case at::kHalf: return fn.template operator()<float, Half16>();
+    default: return fn.template operator()<float, float>();
+  }
 }
 
 }  // namespace
 
 void forward_cpu(const Launch& a) {
-  if (a.w.scalar_type() == at::kDouble) return forward_typed<double>(a);
-  forward_typed<float>(a);
+  dispatch_types(a, [&]<class S, class I>() { forward_typed<S, I>(a); });
 }
 
 void backward_cpu(const Launch& a) {
-  if (a.w.scalar_type() == at::kDouble) return backward_typed<double>(a);
-  backward_typed<float>(a);
+  dispatch_types(a, [&]<class S, class I>() { backward_typed<S, I>(a); });
 }
 
 std::string cpu_isa() { return isa_name(static_cast<Isa>(isa_setting().load())); }

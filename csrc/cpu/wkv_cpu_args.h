@@ -5,36 +5,53 @@
 
 namespace wkv {
 
-template <class S>
+// Storage of 16-bit inputs, layout-compatible with c10::BFloat16 / c10::Half (data only: the
+// conversions live in half_convert.h with internal linkage).
+struct Bf16 {
+  uint16_t bits;
+};
+struct Half16 {
+  uint16_t bits;
+};
+
+// S: the math type (float, double). I: the type of the (B, T, C) sequences k, v, y, gy, gk, gv
+// (S itself, or Bf16 / Half16 with float math).
+template <class S, class I = S>
 struct CpuArgs {
   int64_t B = 0, T = 0, C = 0;
   int nthreads = 1;
   const S* w = nullptr;         // (C,)  -exp(time_decay)
   const S* u = nullptr;         // (C,)  time_first
-  const S* k = nullptr;         // (B, T, C)
-  const S* v = nullptr;         // (B, T, C)
+  const I* k = nullptr;         // (B, T, C)
+  const I* v = nullptr;         // (B, T, C)
   const S* state_in = nullptr;  // (B, 3, C) or null: the empty state
   // forward
-  S* y = nullptr;               // (B, T, C)
+  I* y = nullptr;               // (B, T, C)
   S* state_out = nullptr;       // (B, 3, C) or null
   // backward
-  const S* gy = nullptr;          // (B, T, C)
+  const I* gy = nullptr;          // (B, T, C)
   const S* gstate_out = nullptr;  // (B, 3, C) or null: no gradient reaches the returned state
-  S* gk = nullptr;                // (B, T, C), written
-  S* gv = nullptr;                // (B, T, C), written
+  I* gk = nullptr;                // (B, T, C), written
+  I* gv = nullptr;                // (B, T, C), written
   S* gw = nullptr;                // (B, C), += dL/dtime_decay
   S* gu = nullptr;                // (B, C), += dL/dtime_first
   S* gstate_in = nullptr;         // (B, 3, C) or null, written
 };
 
-// One entry pair per instruction set; `wkv_cpu_dispatch.cpp` picks one at run time.
-void forward_cpu_scalar(const CpuArgs<float>& a);
-void backward_cpu_scalar(const CpuArgs<float>& a);
-void forward_cpu_scalar(const CpuArgs<double>& a);
-void backward_cpu_scalar(const CpuArgs<double>& a);
-void forward_cpu_avx2(const CpuArgs<float>& a);
-void backward_cpu_avx2(const CpuArgs<float>& a);
-void forward_cpu_avx512(const CpuArgs<float>& a);
-void backward_cpu_avx512(const CpuArgs<float>& a);
+// One entry pair per instruction set and sequence type; wkv_cpu.cpp picks one at run time.
+#define WKV_DECLARE_CPU_KERNELS(ISA, S, I)         \
+  void forward_cpu_##ISA(const CpuArgs<S, I>& a);  \
+  void backward_cpu_##ISA(const CpuArgs<S, I>& a);
+WKV_DECLARE_CPU_KERNELS(scalar, double, double)
+WKV_DECLARE_CPU_KERNELS(scalar, float, float)
+WKV_DECLARE_CPU_KERNELS(scalar, float, Bf16)
+WKV_DECLARE_CPU_KERNELS(scalar, float, Half16)
+WKV_DECLARE_CPU_KERNELS(avx2, float, float)
+WKV_DECLARE_CPU_KERNELS(avx2, float, Bf16)
+WKV_DECLARE_CPU_KERNELS(avx2, float, Half16)
+WKV_DECLARE_CPU_KERNELS(avx512, float, float)
+WKV_DECLARE_CPU_KERNELS(avx512, float, Bf16)
+WKV_DECLARE_CPU_KERNELS(avx512, float, Half16)
+#undef WKV_DECLARE_CPU_KERNELS
 
 }  // namespace wkv

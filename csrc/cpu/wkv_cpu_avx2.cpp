@@ -1,9 +1,13 @@
-// The CPU kernel, float32 math, 8 lanes of AVX2 + FMA. Built with -mavx2 -mfma and called only
-// when the processor has both (wkv_cpu.cpp checks at run time).
+// The CPU kernel, float32 math, 8 lanes of AVX2 + FMA (+ F16C for float16 sequences). Built with
+// -mavx2 -mfma -mf16c and called only when the processor has all three (checked at run time).
 #include "vec_avx2.h"
 #include "wkv_cpu_kernel.h"
 
 namespace wkv {
 void forward_cpu_avx2(const CpuArgs<float>& a) { forward_all<Avx2Lane>(a); }
 void backward_cpu_avx2(const CpuArgs<float>& a) { backward_all<Avx2Lane>(a); }
+void forward_cpu_avx2(const CpuArgs<float, Bf16>& a) { forward_all<Avx2Lane>(a); }
+void backward_cpu_avx2(const CpuArgs<float, Bf16>& a) { backward_all<Avx2Lane>(a); }
+void forward_cpu_avx2(const CpuArgs<float, Half16>& a) { forward_all<Avx2Lane>(a); }
+void backward_cpu_avx2(const CpuArgs<float, Half16>& a) { backward_all<Avx2Lane>(a); }
 }  // namespace wkv

@@ -17,8 +17,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "../wkv.h"
+#include "half_convert.h"
 #include "wkv_cpu_args.h"
 
 namespace {
@@ -30,6 +32,10 @@ struct ScalarLane {
   static constexpr int64_t W = 1;
   static V load(const S* p) { return *p; }
   static void store(S* p, V x) { *p = x; }
+  static V load(const Bf16* p) { return bf16_to_float(p->bits); }
+  static V load(const Half16* p) { return half_to_float(p->bits); }
+  static void store(Bf16* p, V x) { p->bits = float_to_bf16(x); }
+  static void store(Half16* p, V x) { p->bits = float_to_half(x); }
   static constexpr int64_t kStreamAlign = 0;  // no streaming stores
   static void stream(S* p, V x) { *p = x; }
   static void fence() {}
@@ -43,8 +49,8 @@ S* scratch_alloc(int64_t n) {
 }
 
 // Loads the input state of one work item (or the empty state).
-template <class S>
-void load_state(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, S* sa, S* sb,
+template <class S, class I>
+void load_state(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n, S* sa, S* sb,
                 S* sp) {
   if (a.state_in) {
     const S* s = a.state_in + b * 3 * a.C + c0;
@@ -81,11 +87,16 @@ inline void prefetch_ahead(const S* k, const S* v, int64_t row_stride) {
 
 // Streaming (non-temporal) stores for an output: only for large outputs (>= 1 MiB, which would
 // not stay in L2 anyway) whose rows are aligned for the lane's vector stores.
-template <class L, class S>
-bool can_stream(const wkv::CpuArgs<S>& a, const S* out, int64_t c0) {
-  return L::kStreamAlign > 0 && a.B * a.T * a.C * int64_t(sizeof(S)) >= (int64_t(1) << 20) &&
-         reinterpret_cast<uintptr_t>(out + c0) % L::kStreamAlign == 0 &&
-         (a.C * int64_t(sizeof(S))) % L::kStreamAlign == 0;
+// (float outputs only: 16-bit outputs use ordinary stores.)
+template <class L, class S, class I>
+bool can_stream(const wkv::CpuArgs<S, I>& a, const I* out, int64_t c0) {
+  if constexpr (!std::is_same_v<I, float>) {
+    return false;
+  } else {
+    return L::kStreamAlign > 0 && a.B * a.T * a.C * int64_t(sizeof(I)) >= (int64_t(1) << 20) &&
+           reinterpret_cast<uintptr_t>(out + c0) % L::kStreamAlign == 0 &&
+           (a.C * int64_t(sizeof(I))) % L::kStreamAlign == 0;
+  }
 }
 
 // Runs `lane_fn(L, j)` over the channels [0, n) of a run: full vectors of L, then scalar tail.
@@ -102,8 +113,8 @@ bool can_stream(const wkv::CpuArgs<S>& a, const S* out, int64_t c0) {
     }                                                                  \
   } while (0)
 
-template <class L, class S>
-void forward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, S* scratch) {
+template <class L, class S, class I>
+void forward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n, S* scratch) {
   S* sa = scratch;
   S* sb = scratch + n;
   S* sp = scratch + 2 * n;
@@ -116,17 +127,21 @@ void forward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, S*
   const bool stream_y = can_stream<L>(a, a.y, c0);
   for (int64_t t = 0; t < a.T; ++t) {
     const int64_t off = (b * a.T + t) * a.C + c0;
-    const S* kt = a.k + off;
-    const S* vt = a.v + off;
-    S* yt = a.y + off;
+    const I* kt = a.k + off;
+    const I* vt = a.v + off;
+    I* yt = a.y + off;
     WKV_FOR_LANES(n, {
       prefetch_ahead(kt + j, vt + j, a.C);
       using V = typename Lane::V;
       V aa = Lane::load(sa + j), bb = Lane::load(sb + j), pp = Lane::load(sp + j);
       const V y = wkv::forward_step(Lane::load(w + j), Lane::load(u + j), Lane::load(kt + j),
                                     Lane::load(vt + j), aa, bb, pp);
-      if (stream_y) {
-        Lane::stream(yt + j, y);
+      if constexpr (std::is_same_v<I, float>) {
+        if (stream_y) {
+          Lane::stream(yt + j, y);
+        } else {
+          Lane::store(yt + j, y);
+        }
       } else {
         Lane::store(yt + j, y);
       }
@@ -143,14 +158,14 @@ void forward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, S*
 // (f1, f2), so the reverse pass needs one exp per step fewer.
 constexpr int64_t kTraceRows = 5;
 
-template <class L, class S>
-void advance_run(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, int64_t t0,
+template <class L, class S, class I>
+void advance_run(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n, int64_t t0,
                  int64_t t1, S* sa, S* sb, S* sp, S* trace) {
   const S* w = a.w + c0;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t off = (b * a.T + t) * a.C + c0;
-    const S* kt = a.k + off;
-    const S* vt = a.v + off;
+    const I* kt = a.k + off;
+    const I* vt = a.v + off;
     S* tr = trace ? trace + (t - t0) * kTraceRows * n : nullptr;
     WKV_FOR_LANES(n, {
       prefetch_ahead(kt + j, vt + j, a.C);
@@ -177,8 +192,8 @@ void advance_run(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n, int
 
 constexpr int64_t kChunk = 32;
 
-template <class L, class S>
-void backward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n) {
+template <class L, class S, class I>
+void backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n) {
   const int64_t nchunks = (a.T + kChunk - 1) / kChunk;
   // checkpoints | chunk trace | running state (3) | adjoints ga, gb, gcarry, gw, gu (5)
   S* checkpoints = scratch_alloc<S>(nchunks * 3 * n + kChunk * kTraceRows * n + 8 * n);
@@ -227,11 +242,11 @@ void backward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n) {
     advance_run<L>(a, b, c0, n, t0, t1, sa, sb, sp, trace);
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const int64_t off = (b * a.T + t) * a.C + c0;
-      const S* kt = a.k + off;
-      const S* vt = a.v + off;
-      const S* gyt = a.gy + off;
-      S* gkt = a.gk + off;
-      S* gvt = a.gv + off;
+      const I* kt = a.k + off;
+      const I* vt = a.v + off;
+      const I* gyt = a.gy + off;
+      I* gkt = a.gk + off;
+      I* gvt = a.gv + off;
       const S* tr = trace + (t - t0) * kTraceRows * n;
       WKV_FOR_LANES(n, {
         prefetch_ahead(kt + j, vt + j, -a.C);  // walking backwards in t
@@ -244,9 +259,14 @@ void backward_item(const wkv::CpuArgs<S>& a, int64_t b, int64_t c0, int64_t n) {
                            Lane::load(gyt + j), Lane::load(tr + j), Lane::load(tr + n + j),
                            Lane::load(tr + 2 * n + j), Lane::load(tr + 3 * n + j),
                            Lane::load(tr + 4 * n + j), a_ga, a_gb, a_gc, a_gw, a_gu, gk, gv);
-        if (stream_g) {
-          Lane::stream(gkt + j, gk);
-          Lane::stream(gvt + j, gv);
+        if constexpr (std::is_same_v<I, float>) {
+          if (stream_g) {
+            Lane::stream(gkt + j, gk);
+            Lane::stream(gvt + j, gv);
+          } else {
+            Lane::store(gkt + j, gk);
+            Lane::store(gvt + j, gv);
+          }
         } else {
           Lane::store(gkt + j, gk);
           Lane::store(gvt + j, gv);
@@ -290,8 +310,8 @@ inline int64_t channel_run(const int64_t B, const int64_t C, const int64_t nthre
 
 // Runs item_fn(b, c0, n, scratch) for every work item (batch row x channel run) on the
 // OpenMP threads; `scratch_rows` rows of `run` elements of 64-byte aligned scratch per thread.
-template <class L, class S, class ItemFn>
-void for_each_item(const wkv::CpuArgs<S>& a, int64_t scratch_rows, ItemFn item_fn) {
+template <class L, class S, class I, class ItemFn>
+void for_each_item(const wkv::CpuArgs<S, I>& a, int64_t scratch_rows, ItemFn item_fn) {
   const int64_t run = channel_run(a.B, a.C, a.nthreads, L::W);
   const int64_t nruns = (a.C + run - 1) / run;
   const int64_t items = a.B * nruns;
@@ -310,15 +330,15 @@ void for_each_item(const wkv::CpuArgs<S>& a, int64_t scratch_rows, ItemFn item_f
   }
 }
 
-template <class L, class S>
-void forward_all(const wkv::CpuArgs<S>& a) {
+template <class L, class S, class I>
+void forward_all(const wkv::CpuArgs<S, I>& a) {
   for_each_item<L>(a, 3, [&](int64_t b, int64_t c0, int64_t n, S* scratch) {
     forward_item<L>(a, b, c0, n, scratch);
   });
 }
 
-template <class L, class S>
-void backward_all(const wkv::CpuArgs<S>& a) {
+template <class L, class S, class I>
+void backward_all(const wkv::CpuArgs<S, I>& a) {
   // backward_item allocates its own scratch: its size depends on T
   for_each_item<L>(a, 0, [&](int64_t b, int64_t c0, int64_t n, S*) {
     backward_item<L>(a, b, c0, n);

@@ -5,6 +5,10 @@
 namespace wkv {
 void forward_cpu_scalar(const CpuArgs<float>& a) { forward_all<ScalarLane<float>>(a); }
 void backward_cpu_scalar(const CpuArgs<float>& a) { backward_all<ScalarLane<float>>(a); }
+void forward_cpu_scalar(const CpuArgs<float, Bf16>& a) { forward_all<ScalarLane<float>>(a); }
+void backward_cpu_scalar(const CpuArgs<float, Bf16>& a) { backward_all<ScalarLane<float>>(a); }
+void forward_cpu_scalar(const CpuArgs<float, Half16>& a) { forward_all<ScalarLane<float>>(a); }
+void backward_cpu_scalar(const CpuArgs<float, Half16>& a) { backward_all<ScalarLane<float>>(a); }
 void forward_cpu_scalar(const CpuArgs<double>& a) { forward_all<ScalarLane<double>>(a); }
 void backward_cpu_scalar(const CpuArgs<double>& a) { backward_all<ScalarLane<double>>(a); }
 }  // namespace wkv
