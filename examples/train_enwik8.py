@@ -290,10 +290,10 @@ def main(argv=None):
         f"{world} process(es) x batch {a.batch_size} on {device}")
 
     train_model = model
-    if a.compile:
-        train_model = torch.compile(model)
     if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if a.compile:  # after DDP, as torch recommends, so DDP's bucketing is compiled through
+        train_model = torch.compile(train_model)
     use_autocast = device.type == "cuda" and not a.no_autocast
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_autocast else contextlib.nullcontext
 
