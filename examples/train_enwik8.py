@@ -384,6 +384,9 @@ def main(argv=None):
 
 def cleanup(world):
     if world > 1 and dist.is_initialized():
+        # tear down together: a rank that destroys its group while a peer is still working can
+        # die at exit in gloo's threads ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
 
 
