@@ -59,7 +59,7 @@ CpuArgs<S, I> make_args(const Launch& a) {
 }
 
 template <class I>
-void run_forward(const CpuArgs<float, I>& c) {
+bool run_forward(const CpuArgs<float, I>& c) {
   switch (static_cast<Isa>(isa_setting().load())) {
 #if defined(WKV_HAVE_X86_KERNELS)
     case Isa::Avx512: return forward_cpu_avx512(c);
@@ -69,7 +69,7 @@ void run_forward(const CpuArgs<float, I>& c) {
   }
 }
 template <class I>
-void run_backward(const CpuArgs<float, I>& c) {
+bool run_backward(const CpuArgs<float, I>& c) {
   switch (static_cast<Isa>(isa_setting().load())) {
 #if defined(WKV_HAVE_X86_KERNELS)
     case Isa::Avx512: return backward_cpu_avx512(c);
@@ -78,15 +78,18 @@ void run_backward(const CpuArgs<float, I>& c) {
     default: return backward_cpu_scalar(c);
   }
 }
-void run_forward(const CpuArgs<double>& c) { forward_cpu_scalar(c); }
-void run_backward(const CpuArgs<double>& c) { backward_cpu_scalar(c); }
+bool run_forward(const CpuArgs<double>& c) { return forward_cpu_scalar(c); }
+bool run_backward(const CpuArgs<double>& c) { return backward_cpu_scalar(c); }
+
+constexpr const char* kOutOfMemory =
+    "wkv: the CPU kernel could not allocate its scratch memory (out of memory)";
 
 template <class S, class I>
 void forward_typed(const Launch& a) {
   CpuArgs<S, I> c = make_args<S, I>(a);
   c.y = static_cast<I*>(a.y.data_ptr());
   c.state_out = a.state_out.defined() ? a.state_out.data_ptr<S>() : nullptr;
-  run_forward(c);
+  TORCH_CHECK(run_forward(c), kOutOfMemory);
 }
 
 template <class S, class I>
@@ -99,7 +102,7 @@ void backward_typed(const Launch& a) {
   c.gw = a.gw.data_ptr<S>();
   c.gu = a.gu.data_ptr<S>();
   c.gstate_in = a.gstate_in.defined() ? a.gstate_in.data_ptr<S>() : nullptr;
-  run_backward(c);
+  TORCH_CHECK(run_backward(c), kOutOfMemory);
 }
 
 // Calls fn.template operator()<S, I>() for the math type S and sequence type I of this launch.

@@ -39,9 +39,10 @@ struct CpuArgs {
 };
 
 // One entry pair per instruction set and sequence type; wkv_cpu.cpp picks one at run time.
+// Each returns false if it could not allocate its scratch memory (nothing is then reliable).
 #define WKV_DECLARE_CPU_KERNELS(ISA, S, I)         \
-  void forward_cpu_##ISA(const CpuArgs<S, I>& a);  \
-  void backward_cpu_##ISA(const CpuArgs<S, I>& a);
+  bool forward_cpu_##ISA(const CpuArgs<S, I>& a);  \
+  bool backward_cpu_##ISA(const CpuArgs<S, I>& a);
 WKV_DECLARE_CPU_KERNELS(scalar, double, double)
 WKV_DECLARE_CPU_KERNELS(scalar, float, float)
 WKV_DECLARE_CPU_KERNELS(scalar, float, Bf16)

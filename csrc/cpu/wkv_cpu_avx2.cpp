@@ -4,10 +4,10 @@
 #include "wkv_cpu_kernel.h"
 
 namespace wkv {
-void forward_cpu_avx2(const CpuArgs<float>& a) { forward_all<Avx2Lane>(a); }
-void backward_cpu_avx2(const CpuArgs<float>& a) { backward_all<Avx2Lane>(a); }
-void forward_cpu_avx2(const CpuArgs<float, Bf16>& a) { forward_all<Avx2Lane>(a); }
-void backward_cpu_avx2(const CpuArgs<float, Bf16>& a) { backward_all<Avx2Lane>(a); }
-void forward_cpu_avx2(const CpuArgs<float, Half16>& a) { forward_all<Avx2Lane>(a); }
-void backward_cpu_avx2(const CpuArgs<float, Half16>& a) { backward_all<Avx2Lane>(a); }
+bool forward_cpu_avx2(const CpuArgs<float>& a) { return forward_all<Avx2Lane>(a); }
+bool backward_cpu_avx2(const CpuArgs<float>& a) { return backward_all<Avx2Lane>(a); }
+bool forward_cpu_avx2(const CpuArgs<float, Bf16>& a) { return forward_all<Avx2Lane>(a); }
+bool backward_cpu_avx2(const CpuArgs<float, Bf16>& a) { return backward_all<Avx2Lane>(a); }
+bool forward_cpu_avx2(const CpuArgs<float, Half16>& a) { return forward_all<Avx2Lane>(a); }
+bool backward_cpu_avx2(const CpuArgs<float, Half16>& a) { return backward_all<Avx2Lane>(a); }
 }  // namespace wkv

@@ -2,8 +2,10 @@
 //
 // Compiled once per instruction set (wkv_cpu_{scalar,avx2,avx512}.cpp) with raw pointers only:
 // no torch or standard-library templates are instantiated here, so nothing compiled with
-// AVX-512 can leak into code that runs on a machine without it. Everything below has internal
-// linkage (anonymous namespace); each translation unit exports two plain functions.
+// AVX-512 can leak into code that runs on a machine without it (std type traits, which emit no
+// code, are the exception). Everything below has internal linkage (anonymous namespace); each
+// translation unit exports a few plain entry functions (wkv_cpu_args.h). An allocation failure
+// is reported by their return value (false), never by a crash.
 //
 // Work split (PERF_NOTES.md, "row sweep"): a work item is one batch row and a contiguous run of
 // channels; time is the outer loop, channels the inner one, so the run's state stays in L1
@@ -99,7 +101,8 @@ bool can_stream(const wkv::CpuArgs<S, I>& a, const I* out, int64_t c0) {
   }
 }
 
-// Runs `lane_fn(L, j)` over the channels [0, n) of a run: full vectors of L, then scalar tail.
+// Runs the body over the channels [0, n) of a run, with `Lane` and `j` bound: full vectors of
+// L, then the scalar tail.
 #define WKV_FOR_LANES(n, ...)                                         \
   do {                                                                 \
     int64_t j = 0;                                                     \
@@ -193,10 +196,11 @@ void advance_run(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n, 
 constexpr int64_t kChunk = 32;
 
 template <class L, class S, class I>
-void backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n) {
+bool backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n) {
   const int64_t nchunks = (a.T + kChunk - 1) / kChunk;
   // checkpoints | chunk trace | running state (3) | adjoints ga, gb, gcarry, gw, gu (5)
   S* checkpoints = scratch_alloc<S>(nchunks * 3 * n + kChunk * kTraceRows * n + 8 * n);
+  if (checkpoints == nullptr) return false;
   S* trace = checkpoints + nchunks * 3 * n;
   S* sa = trace + kChunk * kTraceRows * n;
   S* sb = sa + n;
@@ -293,6 +297,7 @@ void backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n
     }
   }
   std::free(checkpoints);
+  return true;
 }
 
 #undef WKV_FOR_LANES
@@ -310,38 +315,46 @@ inline int64_t channel_run(const int64_t B, const int64_t C, const int64_t nthre
 
 // Runs item_fn(b, c0, n, scratch) for every work item (batch row x channel run) on the
 // OpenMP threads; `scratch_rows` rows of `run` elements of 64-byte aligned scratch per thread.
+// Returns false if any allocation failed (item_fn returns false for its own).
 template <class L, class S, class I, class ItemFn>
-void for_each_item(const wkv::CpuArgs<S, I>& a, int64_t scratch_rows, ItemFn item_fn) {
+bool for_each_item(const wkv::CpuArgs<S, I>& a, int64_t scratch_rows, ItemFn item_fn) {
   const int64_t run = channel_run(a.B, a.C, a.nthreads, L::W);
   const int64_t nruns = (a.C + run - 1) / run;
   const int64_t items = a.B * nruns;
+  int failed = 0;
 #pragma omp parallel num_threads(a.nthreads) if (a.nthreads > 1 && items > 1)
   {
     S* scratch = scratch_rows > 0 ? scratch_alloc<S>(scratch_rows * run) : nullptr;
+    const bool have_scratch = scratch_rows == 0 || scratch != nullptr;
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < items; ++i) {
       const int64_t b = i / nruns;
       const int64_t c0 = (i % nruns) * run;
       const int64_t n = c0 + run <= a.C ? run : a.C - c0;
-      item_fn(b, c0, n, scratch);
+      if (!have_scratch || !item_fn(b, c0, n, scratch)) {
+#pragma omp atomic write
+        failed = 1;
+      }
     }
     L::fence();  // streaming stores are ordered per thread
     std::free(scratch);
   }
+  return failed == 0;
 }
 
 template <class L, class S, class I>
-void forward_all(const wkv::CpuArgs<S, I>& a) {
-  for_each_item<L>(a, 3, [&](int64_t b, int64_t c0, int64_t n, S* scratch) {
+bool forward_all(const wkv::CpuArgs<S, I>& a) {
+  return for_each_item<L>(a, 3, [&](int64_t b, int64_t c0, int64_t n, S* scratch) {
     forward_item<L>(a, b, c0, n, scratch);
+    return true;
   });
 }
 
 template <class L, class S, class I>
-void backward_all(const wkv::CpuArgs<S, I>& a) {
+bool backward_all(const wkv::CpuArgs<S, I>& a) {
   // backward_item allocates its own scratch: its size depends on T
-  for_each_item<L>(a, 0, [&](int64_t b, int64_t c0, int64_t n, S*) {
-    backward_item<L>(a, b, c0, n);
+  return for_each_item<L>(a, 0, [&](int64_t b, int64_t c0, int64_t n, S*) {
+    return backward_item<L>(a, b, c0, n);
   });
 }
 

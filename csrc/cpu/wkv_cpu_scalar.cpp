@@ -3,12 +3,12 @@
 #include "wkv_cpu_kernel.h"
 
 namespace wkv {
-void forward_cpu_scalar(const CpuArgs<float>& a) { forward_all<ScalarLane<float>>(a); }
-void backward_cpu_scalar(const CpuArgs<float>& a) { backward_all<ScalarLane<float>>(a); }
-void forward_cpu_scalar(const CpuArgs<float, Bf16>& a) { forward_all<ScalarLane<float>>(a); }
-void backward_cpu_scalar(const CpuArgs<float, Bf16>& a) { backward_all<ScalarLane<float>>(a); }
-void forward_cpu_scalar(const CpuArgs<float, Half16>& a) { forward_all<ScalarLane<float>>(a); }
-void backward_cpu_scalar(const CpuArgs<float, Half16>& a) { backward_all<ScalarLane<float>>(a); }
-void forward_cpu_scalar(const CpuArgs<double>& a) { forward_all<ScalarLane<double>>(a); }
-void backward_cpu_scalar(const CpuArgs<double>& a) { backward_all<ScalarLane<double>>(a); }
+bool forward_cpu_scalar(const CpuArgs<float>& a) { return forward_all<ScalarLane<float>>(a); }
+bool backward_cpu_scalar(const CpuArgs<float>& a) { return backward_all<ScalarLane<float>>(a); }
+bool forward_cpu_scalar(const CpuArgs<float, Bf16>& a) { return forward_all<ScalarLane<float>>(a); }
+bool backward_cpu_scalar(const CpuArgs<float, Bf16>& a) { return backward_all<ScalarLane<float>>(a); }
+bool forward_cpu_scalar(const CpuArgs<float, Half16>& a) { return forward_all<ScalarLane<float>>(a); }
+bool backward_cpu_scalar(const CpuArgs<float, Half16>& a) { return backward_all<ScalarLane<float>>(a); }
+bool forward_cpu_scalar(const CpuArgs<double>& a) { return forward_all<ScalarLane<double>>(a); }
+bool backward_cpu_scalar(const CpuArgs<double>& a) { return backward_all<ScalarLane<double>>(a); }
 }  // namespace wkv
