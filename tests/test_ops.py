@@ -34,11 +34,6 @@ TOL = {
 DTYPES = list(TOL)
 
 
-def _params(dtype, device):
-    pdtype = torch.float64 if dtype == torch.float64 else torch.float32
-    return pdtype
-
-
 def _run(op, td, tf, k, v):
     """Runs one of the four entry points, returning y."""
     B, T, C = k.shape
@@ -65,7 +60,7 @@ def test_forward_matches_exact(backend, shape, dtype):
     B, T, C = shape
     td, tf, k, v = make_inputs(B, T, C, seed=1)
     ref = exact_cached(B, T, C, 1, "normal", str(dtype).split(".")[1])
-    pdtype = _params(dtype, backend)
+    pdtype = torch.float64 if dtype == torch.float64 else torch.float32
     args = (td.to(device=backend, dtype=pdtype),
             tf.to(device=backend, dtype=pdtype),
             k.to(device=backend, dtype=dtype), v.to(device=backend, dtype=dtype))

@@ -3,11 +3,6 @@
 #include "vec_avx2.h"
 #include "wkv_cpu_kernel.h"
 
-namespace wkv {
-bool forward_cpu_avx2(const CpuArgs<float>& a) { return forward_all<Avx2Lane>(a); }
-bool backward_cpu_avx2(const CpuArgs<float>& a) { return backward_all<Avx2Lane>(a); }
-bool forward_cpu_avx2(const CpuArgs<float, Bf16>& a) { return forward_all<Avx2Lane>(a); }
-bool backward_cpu_avx2(const CpuArgs<float, Bf16>& a) { return backward_all<Avx2Lane>(a); }
-bool forward_cpu_avx2(const CpuArgs<float, Half16>& a) { return forward_all<Avx2Lane>(a); }
-bool backward_cpu_avx2(const CpuArgs<float, Half16>& a) { return backward_all<Avx2Lane>(a); }
-}  // namespace wkv
+WKV_DEFINE_CPU_KERNELS(avx2, Avx2Lane, float, float)
+WKV_DEFINE_CPU_KERNELS(avx2, Avx2Lane, float, Bf16)
+WKV_DEFINE_CPU_KERNELS(avx2, Avx2Lane, float, Half16)

@@ -3,11 +3,6 @@
 #include "vec_avx512.h"
 #include "wkv_cpu_kernel.h"
 
-namespace wkv {
-bool forward_cpu_avx512(const CpuArgs<float>& a) { return forward_all<Avx512Lane>(a); }
-bool backward_cpu_avx512(const CpuArgs<float>& a) { return backward_all<Avx512Lane>(a); }
-bool forward_cpu_avx512(const CpuArgs<float, Bf16>& a) { return forward_all<Avx512Lane>(a); }
-bool backward_cpu_avx512(const CpuArgs<float, Bf16>& a) { return backward_all<Avx512Lane>(a); }
-bool forward_cpu_avx512(const CpuArgs<float, Half16>& a) { return forward_all<Avx512Lane>(a); }
-bool backward_cpu_avx512(const CpuArgs<float, Half16>& a) { return backward_all<Avx512Lane>(a); }
-}  // namespace wkv
+WKV_DEFINE_CPU_KERNELS(avx512, Avx512Lane, float, float)
+WKV_DEFINE_CPU_KERNELS(avx512, Avx512Lane, float, Bf16)
+WKV_DEFINE_CPU_KERNELS(avx512, Avx512Lane, float, Half16)

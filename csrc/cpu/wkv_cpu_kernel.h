@@ -359,3 +359,10 @@ bool backward_all(const wkv::CpuArgs<S, I>& a) {
 }
 
 }  // namespace
+
+// Defines the exported entry pair of one translation unit (declared in wkv_cpu_args.h).
+#define WKV_DEFINE_CPU_KERNELS(ISA, LANE, S, I)                                         \
+  namespace wkv {                                                                       \
+  bool forward_cpu_##ISA(const CpuArgs<S, I>& a) { return forward_all<LANE>(a); }       \
+  bool backward_cpu_##ISA(const CpuArgs<S, I>& a) { return backward_all<LANE>(a); }     \
+  }

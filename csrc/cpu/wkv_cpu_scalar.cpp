@@ -2,13 +2,7 @@
 // compiler's baseline flags; runs everywhere, and is the float64 path used by gradcheck.
 #include "wkv_cpu_kernel.h"
 
-namespace wkv {
-bool forward_cpu_scalar(const CpuArgs<float>& a) { return forward_all<ScalarLane<float>>(a); }
-bool backward_cpu_scalar(const CpuArgs<float>& a) { return backward_all<ScalarLane<float>>(a); }
-bool forward_cpu_scalar(const CpuArgs<float, Bf16>& a) { return forward_all<ScalarLane<float>>(a); }
-bool backward_cpu_scalar(const CpuArgs<float, Bf16>& a) { return backward_all<ScalarLane<float>>(a); }
-bool forward_cpu_scalar(const CpuArgs<float, Half16>& a) { return forward_all<ScalarLane<float>>(a); }
-bool backward_cpu_scalar(const CpuArgs<float, Half16>& a) { return backward_all<ScalarLane<float>>(a); }
-bool forward_cpu_scalar(const CpuArgs<double>& a) { return forward_all<ScalarLane<double>>(a); }
-bool backward_cpu_scalar(const CpuArgs<double>& a) { return backward_all<ScalarLane<double>>(a); }
-}  // namespace wkv
+WKV_DEFINE_CPU_KERNELS(scalar, ScalarLane<float>, float, float)
+WKV_DEFINE_CPU_KERNELS(scalar, ScalarLane<float>, float, Bf16)
+WKV_DEFINE_CPU_KERNELS(scalar, ScalarLane<float>, float, Half16)
+WKV_DEFINE_CPU_KERNELS(scalar, ScalarLane<double>, double, double)

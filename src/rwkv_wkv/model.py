@@ -31,8 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ops import wkv_with_state
-
-EMPTY_EXPONENT = -1e38
+from .reference import EMPTY_EXPONENT
 
 
 @dataclass

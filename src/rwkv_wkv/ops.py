@@ -10,14 +10,11 @@ from __future__ import annotations
 import torch
 
 from . import _library
+from .reference import EMPTY_EXPONENT, math_dtype as _math_dtype
 
 _library.load()
 
 _INPUT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _math_dtype(k: torch.Tensor) -> torch.dtype:
-    return torch.float64 if k.dtype == torch.float64 else torch.float32
 
 
 def _check(op, cond, msg, exc=ValueError):
@@ -123,7 +120,7 @@ def wkv_with_state(time_decay, time_first, k, v, state=None):
 def empty_state(B: int, C: int, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The empty state: aa = bb = 0, pp = -1e38 (so e^pp is exactly 0)."""
     state = torch.zeros((B, 3, C), device=device, dtype=dtype)
-    state[:, 2] = -1e38
+    state[:, 2] = EMPTY_EXPONENT
     return state
 
 
@@ -145,6 +142,6 @@ class WKVFunction(torch.autograd.Function):
     def backward(ctx, gy):
         time_decay, time_first, k, v = ctx.saved_tensors
         g_td, g_tf, gk, gv, _ = torch.ops.wkv.wkv_backward(
-            time_decay, time_first, k, v, None, gy.contiguous(), None
+            time_decay, time_first, k, v, None, gy, None
         )
         return None, None, None, g_td, g_tf, gk, gv

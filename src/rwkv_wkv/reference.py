@@ -13,13 +13,14 @@ import torch
 EMPTY_EXPONENT = -1e38
 
 
-def _math_dtype(k: torch.Tensor) -> torch.dtype:
+def math_dtype(k: torch.Tensor) -> torch.dtype:
+    """The dtype WKV computes in for sequences of k's dtype: float64 for float64, else float32."""
     return torch.float64 if k.dtype == torch.float64 else torch.float32
 
 
 def wkv_naive(time_decay, time_first, k, v, state=None):
     """WKV as a Python loop over t, in float32 (float64 for float64 k). Returns y (k's dtype)."""
-    dtype = _math_dtype(k)
+    dtype = math_dtype(k)
     w = -torch.exp(time_decay.to(dtype))
     u = time_first.to(dtype)
     k = k.to(dtype)
