@@ -38,18 +38,49 @@ namespace wkv {
 // The exponent of the empty state: e^{-1e38} underflows to exactly 0 in float32 and float64.
 constexpr float kEmptyExponent = -1e38f;
 
-// Scalar lanes (CUDA threads, scalar CPU tails, float64).
+// The forward can save the state before every kCheckpointSteps-th step ("checkpoints", shape
+// (B, ceil(T / kCheckpointSteps), 3, C)); every backward (CPU, CUDA serial and chunked)
+// recomputes at most this many steps from one of them. CUDA chunk lengths are multiples of it.
+constexpr int kCheckpointSteps = 32;
+
+// Scalar lanes (CUDA threads, scalar CPU tails, float64). On a GPU, float32 uses the fast
+// hardware exponential and division (__expf: ~2 ulp near 1, which is where the recurrence's
+// weights matter; __fdividef: the denominators here are >= 1 after the first token, far below
+// its 2^126 limit). Host code, including the CPU emulation of the CUDA kernels, uses the
+// accurate library functions.
 #if defined(__CUDACC__)
 WKV_HD float wkv_abs(float x) { return fabsf(x); }
 WKV_HD double wkv_abs(double x) { return fabs(x); }
-WKV_HD float wkv_exp_nonpos(float x) { return expf(x); }
+WKV_HD float wkv_exp_nonpos(float x) {
+#if defined(__CUDA_ARCH__)
+  return __expf(x);
+#else
+  return expf(x);
+#endif
+}
 WKV_HD double wkv_exp_nonpos(double x) { return exp(x); }
+WKV_HD float wkv_div(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdividef(a, b);
+#else
+  return a / b;
+#endif
+}
+WKV_HD float wkv_exp(float x) { return expf(x); }  // accurate, any sign (w = -exp(time_decay))
+WKV_HD double wkv_exp(double x) { return exp(x); }
 #else
 WKV_HD float wkv_abs(float x) { return std::fabs(x); }
 WKV_HD double wkv_abs(double x) { return std::fabs(x); }
 WKV_HD float wkv_exp_nonpos(float x) { return std::exp(x); }
 WKV_HD double wkv_exp_nonpos(double x) { return std::exp(x); }
+WKV_HD float wkv_exp(float x) { return std::exp(x); }
+WKV_HD double wkv_exp(double x) { return std::exp(x); }
 #endif
+// Division for any lane type (the float overload above is preferred where it exists).
+template <class V>
+WKV_HD V wkv_div(V a, V b) {
+  return a / b;
+}
 WKV_HD float wkv_select(bool m, float a, float b) { return m ? a : b; }
 WKV_HD double wkv_select(bool m, double a, double b) { return m ? a : b; }
 
@@ -88,7 +119,7 @@ WKV_HD V forward_step(V w, V u, V k, V v, V& aa, V& bb, V& pp) {
   V e1, e2;
   decltype(pp >= k) state_wins;
   wkv_max_pair(pp, u + k, e1, e2, state_wins);
-  const V y = (e1 * aa + e2 * v) / (e1 * bb + e2);
+  const V y = wkv_div(e1 * aa + e2 * v, e1 * bb + e2);
   advance_state(w, k, v, aa, bb, pp);
   return y;
 }
@@ -103,7 +134,7 @@ WKV_HD void backward_step(V u, V k, V v, V g, V aa, V bb, V pp, V f1, V f2, V& g
   V e1, e2;
   decltype(pp >= k) bonus_loses;
   wkv_max_pair(pp, u + k, e1, e2, bonus_loses);
-  const V inv_den = V(1) / (e1 * bb + e2);
+  const V inv_den = wkv_div(V(1), e1 * bb + e2);
   const V y = (e1 * aa + e2 * v) * inv_den;
   const V g_den = g * inv_den;
   const V g_bonus = g_den * e2;             // g e^{u+k_t} / D_t
@@ -148,6 +179,42 @@ WKV_HD void backward_finish(V ga, V gb, V gcarry, V aa_0, V bb_0, V& gaa, V& gbb
   gaa = ga;
   gbb = gb;
   gpp = ga * aa_0 + gb * bb_0 + gcarry;
+}
+
+// ---- chunks of T --------------------------------------------------------------------------
+// The recurrence is associative, so T can be cut into chunks processed in parallel
+// (csrc/wkv_chunked.h). With A = aa e^{pp}, B = bb e^{pp}, a chunk of n steps maps the state
+// entering it to e^{n w} (A, B) + (the chunk's own fold from the empty state).
+
+// Combines the state entering a chunk of n steps (aa, bb, pp; updated in place) with the
+// chunk's fold from the empty state (aa_loc, bb_loc, pp_loc): one max-branch, one exp.
+template <class V>
+WKV_HD void combine_states(V w, V n, V& aa, V& bb, V& pp, V aa_loc, V bb_loc, V pp_loc) {
+  V e_in, e_loc;
+  decltype(pp >= pp_loc) in_wins;
+  const V decayed = pp + n * w;
+  wkv_max_pair(decayed, pp_loc, e_in, e_loc, in_wins);
+  aa = e_in * aa + e_loc * aa_loc;
+  bb = e_in * bb + e_loc * bb_loc;
+  pp = wkv_select(in_wins, decayed, pp_loc);
+}
+
+// The adjoint recurrence is linear too. Walking a chunk backwards maps the scaled adjoints at
+// its end to those at its start as (ga, gb) -> decay * (ga, gb) + (ga_loc, gb_loc), where
+// (ga_loc, gb_loc) is the walk started from zero adjoints and decay = prod f1 over the chunk
+// (= e^{n w + pp_start - pp_end} <= 1), and gcarry -> gcarry if the state branch won at every
+// step of the chunk (keep = 1), else 0. backward_step accumulates both when asked:
+template <class V>
+WKV_HD void track_chunk_map(V f1, V f2, V& decay, V& keep) {
+  decay = decay * f1;
+  keep = wkv_select(f1 >= f2, keep, V(0));
+}
+
+template <class V>
+WKV_HD void carry_adjoints(V decay, V keep, V ga_loc, V gb_loc, V& ga, V& gb, V& gcarry) {
+  ga = decay * ga + ga_loc;
+  gb = decay * gb + gb_loc;
+  gcarry = wkv_select(keep >= V(1), gcarry, V(0));
 }
 
 }  // namespace wkv

@@ -15,9 +15,15 @@
 #include <torch/library.h>
 #include <torch/version.h>
 
+#include <atomic>
 #include <sstream>
 #include <string>
 
+#ifdef WKV_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#include "wkv_chunked.h"
 #include "wkv_launch.h"
 
 namespace wkv {
@@ -228,8 +234,10 @@ Launch functional_launch(const char* op, const at::Tensor& time_decay,
   a.B = B;
   a.T = T;
   a.C = C;
-  // w = -exp(time_decay) in the math dtype; RWKV-LM computes it the same way in Python.
-  a.w = at::neg(at::exp(time_decay.to(math))).contiguous();
+  // The kernels form w = -exp(time_decay) themselves (in the math dtype, as RWKV-LM's Python
+  // does): on a GPU that saves two small launches per call.
+  a.w = time_decay.to(math).contiguous();
+  a.w_is_log = true;
   a.u = time_first.to(math).contiguous();
   a.k = k.contiguous();
   a.v = v.contiguous();
@@ -237,35 +245,82 @@ Launch functional_launch(const char* op, const at::Tensor& time_decay,
   return a;
 }
 
-std::tuple<at::Tensor, at::Tensor> wkv_forward(const at::Tensor& time_decay,
-                                               const at::Tensor& time_first, const at::Tensor& k,
-                                               const at::Tensor& v,
-                                               const std::optional<at::Tensor>& state) {
+int64_t num_checkpoints(int64_t T) { return (T + kCheckpointSteps - 1) / kCheckpointSteps; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> wkv_forward(
+    const at::Tensor& time_decay, const at::Tensor& time_first, const at::Tensor& k,
+    const at::Tensor& v, const std::optional<at::Tensor>& state, bool save_checkpoints) {
   Launch a = functional_launch("wkv.wkv_forward", time_decay, time_first, k, v, state);
   a.y = at::empty({a.B, a.T, a.C}, a.k.options());
   a.state_out = at::empty({a.B, 3, a.C}, a.w.options());
+  a.checkpoints =
+      at::empty({a.B, save_checkpoints ? num_checkpoints(a.T) : 0, 3, a.C}, a.w.options());
+  const at::Tensor checkpoints = a.checkpoints;
+  if (!save_checkpoints) a.checkpoints = at::Tensor();
   launch_forward(a);
-  return {a.y, a.state_out};
+  return {a.y, a.state_out, checkpoints};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> wkv_backward(
     const at::Tensor& time_decay, const at::Tensor& time_first, const at::Tensor& k,
     const at::Tensor& v, const std::optional<at::Tensor>& state, const at::Tensor& gy,
-    const std::optional<at::Tensor>& gstate_out) {
+    const std::optional<at::Tensor>& gstate_out, const std::optional<at::Tensor>& checkpoints) {
   const char* op = "wkv.wkv_backward";
   Launch a = functional_launch(op, time_decay, time_first, k, v, state);
   check_buffer(op, gy, "gy", k.scalar_type(), "the same as k", k, "(B, T, C)", {a.B, a.T, a.C});
   check_state(op, gstate_out, "gstate_out", k, a.B, a.C);
   a.gy = gy.contiguous();
   if (gstate_out.has_value() && gstate_out->defined()) a.gstate_out = gstate_out->contiguous();
+  // Checkpoints saved by wkv_forward(..., save_checkpoints=True); an empty (B, 0, 3, C) tensor
+  // (none saved) or None means: recompute them.
+  if (checkpoints.has_value() && checkpoints->defined() &&
+      !(checkpoints->dim() == 4 && checkpoints->size(1) == 0)) {
+    const auto math = math_dtype(k);
+    check_buffer(op, *checkpoints, "checkpoints", math, "the math dtype", k,
+                 "(B, ceil(T / 32), 3, C)", {a.B, num_checkpoints(a.T), 3, a.C});
+    a.checkpoints = checkpoints->contiguous();
+  }
   a.gk = at::empty({a.B, a.T, a.C}, a.k.options());
   a.gv = at::empty({a.B, a.T, a.C}, a.k.options());
-  a.gw = at::zeros({a.B, a.C}, a.w.options());
-  a.gu = at::zeros({a.B, a.C}, a.w.options());
+  a.gw = at::empty({a.C}, a.w.options());
+  a.gu = at::empty({a.C}, a.w.options());
+  a.sum_rows = true;
   a.gstate_in = at::empty({a.B, 3, a.C}, a.w.options());
   launch_backward(a);
-  return {a.gw.sum(0).to(time_decay.scalar_type()), a.gu.sum(0).to(time_first.scalar_type()),
-          a.gk, a.gv, a.gstate_in};
+  return {a.gw.to(time_decay.scalar_type()), a.gu.to(time_first.scalar_type()), a.gk, a.gv,
+          a.gstate_in};
+}
+
+// ---- chunking of the CUDA kernels -----------------------------------------------------------
+
+std::atomic<int64_t>& chunk_setting_ref() {
+  static std::atomic<int64_t> setting{0};
+  return setting;
+}
+
+int64_t cuda_chunk_op(std::optional<int64_t> set) {
+  if (set.has_value()) {
+    TORCH_CHECK_VALUE(*set >= -1, "chunk length must be 0 (auto), -1 (serial) or positive, got ",
+                      *set);
+    chunk_setting_ref().store(*set);
+  }
+  return chunk_setting_ref().load();
+}
+
+// The chunk length the CUDA kernels (sms = 0: of the current GPU, or the emulated one) would use.
+int64_t cuda_plan_op(int64_t B, int64_t T, int64_t C, int64_t sms) {
+  check_sizes("wkv.cuda_plan", B, T, C);
+  if (sms <= 0) {
+    sms = kEmulatedSms;
+#ifdef WKV_WITH_CUDA
+    int count = 0;
+    if (cudaGetDeviceCount(&count) == cudaSuccess && count > 0) {
+      int device = 0;
+      if (cudaGetDevice(&device) == cudaSuccess) sms = cuda_sm_count(device);
+    }
+#endif
+  }
+  return plan_chunk(B, T, C, sms, chunk_setting());
 }
 
 // ---- build facts ----------------------------------------------------------------------------
@@ -295,6 +350,13 @@ std::string build_info() {
   return os.str();
 }
 
+}  // namespace
+
+int64_t chunk_setting() { return chunk_setting_ref().load(); }
+int64_t set_chunk_setting(int64_t length) { return cuda_chunk_op(length); }
+
+namespace {
+
 std::string cpu_isa_op(const std::optional<std::string>& set) {
   return set.has_value() ? set_cpu_isa(*set) : cpu_isa();
 }
@@ -307,14 +369,19 @@ TORCH_LIBRARY(wkv, m) {
   m.def(
       "backward(int B, int T, int C, Tensor w, Tensor u, Tensor k, Tensor v, Tensor gy, "
       "Tensor(a!) gw, Tensor(b!) gu, Tensor(c!) gk, Tensor(d!) gv) -> ()");
+  // wkv_forward returns (y, state_out, checkpoints); checkpoints is (B, ceil(T/32), 3, C) if
+  // save_checkpoints, else (B, 0, 3, C). wkv_backward uses them if given, else recomputes them.
   m.def(
       "wkv_forward(Tensor time_decay, Tensor time_first, Tensor k, Tensor v, "
-      "Tensor? state=None) -> (Tensor, Tensor)");
+      "Tensor? state=None, bool save_checkpoints=False) -> (Tensor, Tensor, Tensor)");
   m.def(
       "wkv_backward(Tensor time_decay, Tensor time_first, Tensor k, Tensor v, Tensor? state, "
-      "Tensor gy, Tensor? gstate_out) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor gy, Tensor? gstate_out, Tensor? checkpoints=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &build_info);
   m.def("cpu_isa(str? set=None) -> str", &cpu_isa_op);
+  m.def("cuda_chunk(int? set=None) -> int", &cuda_chunk_op);
+  m.def("cuda_plan(int B, int T, int C, int sms=0) -> int", &cuda_plan_op);
 }
 
 TORCH_LIBRARY_IMPL(wkv, CPU, m) {

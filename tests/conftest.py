@@ -30,20 +30,36 @@ def _cpu_isas():
 
 CPU_ISAS = _cpu_isas()
 HAS_CUDA = torch.cuda.is_available() and rwkv_wkv.build_info()["cuda"]
-BACKENDS = [f"cpu-{isa}" for isa in CPU_ISAS] + (["cuda"] if HAS_CUDA else [])
+# The CUDA kernels' bodies emulated on the CPU (csrc/cpu/wkv_emulate.cpp), with one chunk (the
+# serial kernel), 32-step chunks (one segment each) and 96-step chunks (three segments each).
+EMULATED = {"cpu-emu-serial": "serial", "cpu-emu-chunk32": 32, "cpu-emu-chunk96": 96}
+BACKENDS = [f"cpu-{isa}" for isa in CPU_ISAS] + list(EMULATED) + (["cuda"] if HAS_CUDA else [])
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+
+
+def select_backend(name):
+    """Selects a backend (see BACKENDS) and returns its device string; undo with reset_backend()."""
+    if name in EMULATED:
+        rwkv_wkv.cpu_isa("cuda_emulation")
+        rwkv_wkv.cuda_chunk_length(EMULATED[name])
+        return "cpu"
+    if name.startswith("cpu-"):
+        rwkv_wkv.cpu_isa(name[4:])
+        return "cpu"
+    return "cuda"
+
+
+def reset_backend():
+    rwkv_wkv.cpu_isa("auto")
+    rwkv_wkv.cuda_chunk_length("auto")
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    """Yields the device string; selects the CPU instruction set for CPU backends."""
-    name = request.param
-    if name.startswith("cpu-"):
-        rwkv_wkv.cpu_isa(name[4:])
-        yield "cpu"
-        rwkv_wkv.cpu_isa("auto")
-    else:
-        yield "cuda"
+    """Yields the device string; selects the CPU kernel (or the CUDA emulation) for CPU backends."""
+    device = select_backend(request.param)
+    yield device
+    reset_backend()
 
 
 @pytest.fixture(params=DEVICES)

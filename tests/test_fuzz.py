@@ -23,7 +23,7 @@ from hypothesis import strategies as st  # noqa: E402
 import rwkv_wkv  # noqa: E402
 from rwkv_wkv.reference import wkv_exact  # noqa: E402
 
-from conftest import BACKENDS  # noqa: E402
+from conftest import BACKENDS, EMULATED, reset_backend, select_backend  # noqa: E402
 
 LONG = os.environ.get("RWKV_WKV_FUZZ") == "long"
 N = 4000 if LONG else 60  # per test below; the long profile totals > 10,000 cases
@@ -90,8 +90,7 @@ def place(x, c):
 
 
 def set_backend(c):
-    if c["backend"].startswith("cpu-"):
-        rwkv_wkv.cpu_isa(c["backend"][4:])
+    select_backend(c["backend"])
 
 
 @PROFILE
@@ -113,7 +112,7 @@ def test_fuzz_matches_exact(c):
         err = (y.double().cpu() - ref).abs().max().item()
         assert err <= tol * max(1.0, v.double().abs().max().item()), f"error {err:.3g}"
     finally:
-        rwkv_wkv.cpu_isa("auto")
+        reset_backend()
 
 
 @PROFILE
@@ -139,7 +138,7 @@ def test_fuzz_nan_propagates_only_where_the_math_says(c, data):
         y = rwkv_wkv.wkv(*args).cpu()
         assert torch.equal(torch.isnan(y), expect), f"NaN in {which} at {(b, t, ch)}"
     finally:
-        rwkv_wkv.cpu_isa("auto")
+        reset_backend()
 
 
 @PROFILE
@@ -155,17 +154,25 @@ def test_fuzz_functional_and_seed_ops_agree(c):
         B, T, C = k.shape
         math = torch.float64 if k.dtype == torch.float64 else torch.float32
         gy = torch.randn(B, T, C, generator=torch.Generator().manual_seed(c["seed"] + 1)).to(dev, k.dtype)
-        y1, _ = torch.ops.wkv.wkv_forward(td, tf, k, v, None)
+        y1, _, _ = torch.ops.wkv.wkv_forward(td, tf, k, v, None)
         w = -torch.exp(td.to(math))
         y2 = torch.empty_like(k)
         torch.ops.wkv.forward(B, T, C, w, tf.to(math), k, v, y2)
-        assert torch.equal(y1, y2)
         g_td, g_tf, gk1, gv1, _ = torch.ops.wkv.wkv_backward(td, tf, k, v, None, gy, None)
         gw, gu = torch.zeros(B, C, dtype=math, device=dev), torch.zeros(B, C, dtype=math, device=dev)
         gk2, gv2 = torch.empty_like(k), torch.empty_like(k)
         torch.ops.wkv.backward(B, T, C, w, tf.to(math), k, v, gy, gw, gu, gk2, gv2)
-        assert torch.equal(gk1, gk2) and torch.equal(gv1, gv2)
+        if c["backend"] in EMULATED or c["backend"] == "cuda":
+            # The CUDA kernels form w = -exp(time_decay) themselves for the functional op (two
+            # launches fewer), with the device's expf rather than torch.exp: w may differ by an
+            # ulp from the w given to the RWKV-LM door, so the doors agree to that rounding.
+            tol = dict(rtol=1e-5, atol=1e-6) if math == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+            for a, b in ((y1, y2), (gk1, gk2), (gv1, gv2)):
+                torch.testing.assert_close(a.to(math), b.to(math), **tol, equal_nan=True)
+        else:
+            assert torch.equal(y1, y2)
+            assert torch.equal(gk1, gk2) and torch.equal(gv1, gv2)
         torch.testing.assert_close(gw.sum(0).to(td.dtype), g_td, rtol=1e-6, atol=1e-6, equal_nan=True)
         torch.testing.assert_close(gu.sum(0).to(tf.dtype), g_tf, rtol=1e-6, atol=1e-6, equal_nan=True)
     finally:
-        rwkv_wkv.cpu_isa("auto")
+        reset_backend()

@@ -31,7 +31,7 @@ def test_opcheck_wkv_forward(device, dtype, with_state):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_opcheck_wkv_backward(device, dtype):
     td, tf, k, v = _inputs(device, dtype)
-    y, s = torch.ops.wkv.wkv_forward(td, tf, k, v, None)
+    y, s, _ = torch.ops.wkv.wkv_forward(td, tf, k, v, None)
     gy = torch.randn_like(y)
     gs = torch.randn_like(s)
     torch.library.opcheck(torch.ops.wkv.wkv_backward.default, (td, tf, k, v, s, gy, gs))
@@ -78,8 +78,12 @@ def test_fake_tensor_shapes():
     with FakeTensorMode():
         td, tf = torch.empty(7), torch.empty(7)
         k = torch.empty(3, 11, 7, dtype=torch.bfloat16)
-        y, s = torch.ops.wkv.wkv_forward(td, tf, k, k, None)
+        y, s, ck = torch.ops.wkv.wkv_forward(td, tf, k, k, None)
         assert y.shape == (3, 11, 7) and y.dtype == torch.bfloat16
         assert s.shape == (3, 3, 7) and s.dtype == torch.float32
+        assert ck.shape == (3, 0, 3, 7) and ck.dtype == torch.float32
+        k = torch.empty(2, 65, 7)
+        _, _, ck = torch.ops.wkv.wkv_forward(td, tf, k, k, None, True)
+        assert ck.shape == (2, 3, 3, 7)
         with pytest.raises(ValueError, match="v must have shape"):
             torch.ops.wkv.wkv_forward(td, tf, k, k[:, :5], None)

@@ -28,6 +28,9 @@ struct CpuArgs {
   // forward
   I* y = nullptr;               // (B, T, C)
   S* state_out = nullptr;       // (B, 3, C) or null
+  // (B, ceil(T / kCheckpointSteps), 3, C) or null: the state before every kCheckpointSteps-th
+  // step. Forward: written if given. Backward: read if given, else recomputed (a first pass).
+  S* checkpoints = nullptr;
   // backward
   const I* gy = nullptr;          // (B, T, C)
   const S* gstate_out = nullptr;  // (B, 3, C) or null: no gradient reaches the returned state

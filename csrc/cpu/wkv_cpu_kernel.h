@@ -11,9 +11,10 @@
 // channels; time is the outer loop, channels the inner one, so the run's state stays in L1
 // and k, v, y stream through memory in order. Threads (OpenMP) take work items.
 //
-// Backward is O(T) with no limit on T: a first pass stores the state at the start of every
-// chunk of kChunk steps; then, from the last chunk to the first, the chunk's states are
-// recomputed into a small (L2-sized) buffer and the reverse recurrence walks it backwards.
+// Backward is O(T) with no limit on T: it needs the state at the start of every chunk of
+// kChunk steps (the forward's checkpoints when it saved them, else a first pass computes them);
+// then, from the last chunk to the first, the chunk's states are recomputed into a small
+// (L2-sized) buffer and the reverse recurrence walks it backwards.
 #pragma once
 
 #include <cstdint>
@@ -116,6 +117,10 @@ bool can_stream(const wkv::CpuArgs<S, I>& a, const I* out, int64_t c0) {
     }                                                                  \
   } while (0)
 
+// Checkpoint spacing and backward chunk length (csrc/wkv.h: the CUDA kernels use the same
+// checkpoints, so either backward can consume the other's forward).
+constexpr int64_t kChunk = wkv::kCheckpointSteps;
+
 template <class L, class S, class I>
 void forward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n, S* scratch) {
   S* sa = scratch;
@@ -128,7 +133,11 @@ void forward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n,
   // lines, and no cache ping-pong where a neighbouring run (another thread) writes the rest of
   // the row.
   const bool stream_y = can_stream<L>(a, a.y, c0);
+  const int64_t nckpt = (a.T + kChunk - 1) / kChunk;
   for (int64_t t = 0; t < a.T; ++t) {
+    if (a.checkpoints && t % kChunk == 0) {
+      store_state(a.checkpoints, a.C, b * nckpt + t / kChunk, c0, n, sa, sb, sp);
+    }
     const int64_t off = (b * a.T + t) * a.C + c0;
     const I* kt = a.k + off;
     const I* vt = a.v + off;
@@ -193,15 +202,21 @@ void advance_run(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n, 
   }
 }
 
-constexpr int64_t kChunk = 32;
-
 template <class L, class S, class I>
 bool backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n) {
   const int64_t nchunks = (a.T + kChunk - 1) / kChunk;
-  // checkpoints | chunk trace | running state (3) | adjoints ga, gb, gcarry, gw, gu (5)
-  S* checkpoints = scratch_alloc<S>(nchunks * 3 * n + kChunk * kTraceRows * n + 8 * n);
-  if (checkpoints == nullptr) return false;
-  S* trace = checkpoints + nchunks * 3 * n;
+  // Checkpoints saved by the forward ((B, nchunks, 3, C): rows C apart), or computed here by a
+  // first pass into this item's scratch (rows n apart).
+  const bool saved = a.checkpoints != nullptr;
+  const int64_t own = saved ? 0 : nchunks * 3 * n;
+  // [own checkpoints] | chunk trace | running state (3) | adjoints ga, gb, gcarry, gw, gu (5)
+  S* scratch = scratch_alloc<S>(own + kChunk * kTraceRows * n + 8 * n);
+  if (scratch == nullptr) return false;
+  const int64_t ck_row = saved ? a.C : n;
+  auto checkpoint = [&](int64_t ch) -> S* {
+    return saved ? a.checkpoints + (b * nchunks + ch) * 3 * a.C + c0 : scratch + ch * 3 * n;
+  };
+  S* trace = scratch + own;
   S* sa = trace + kChunk * kTraceRows * n;
   S* sb = sa + n;
   S* sp = sb + n;
@@ -211,26 +226,18 @@ bool backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n
   S* gw = gc + n;
   S* gu = gw + n;
 
-  // Pass 1: states at chunk starts, and the final state.
-  load_state(a, b, c0, n, sa, sb, sp);
-  for (int64_t ch = 0; ch < nchunks; ++ch) {
-    S* ck = checkpoints + ch * 3 * n;
-    std::memcpy(ck, sa, n * sizeof(S));
-    std::memcpy(ck + n, sb, n * sizeof(S));
-    std::memcpy(ck + 2 * n, sp, n * sizeof(S));
-    const int64_t t1 = (ch + 1) * kChunk < a.T ? (ch + 1) * kChunk : a.T;
-    advance_run<L>(a, b, c0, n, ch * kChunk, t1, sa, sb, sp, static_cast<S*>(nullptr));
-  }
-
-  // Seed the adjoints from the gradient of the returned state.
-  const S* gso = a.gstate_out ? a.gstate_out + b * 3 * a.C + c0 : nullptr;
-  for (int64_t j = 0; j < n; ++j) {
-    const S gaa = gso ? gso[j] : S(0);
-    const S gbb = gso ? gso[a.C + j] : S(0);
-    const S gpp = gso ? gso[2 * a.C + j] : S(0);
-    wkv::backward_init(gaa, gbb, gpp, sa[j], sb[j], ga[j], gb[j], gc[j]);
-    gw[j] = S(0);
-    gu[j] = S(0);
+  if (!saved) {  // Pass 1: states at chunk starts.
+    load_state(a, b, c0, n, sa, sb, sp);
+    for (int64_t ch = 0; ch < nchunks; ++ch) {
+      S* ck = checkpoint(ch);
+      std::memcpy(ck, sa, n * sizeof(S));
+      std::memcpy(ck + n, sb, n * sizeof(S));
+      std::memcpy(ck + 2 * n, sp, n * sizeof(S));
+      const int64_t t1 = (ch + 1) * kChunk < a.T ? (ch + 1) * kChunk : a.T;
+      if (ch + 1 < nchunks) {
+        advance_run<L>(a, b, c0, n, ch * kChunk, t1, sa, sb, sp, static_cast<S*>(nullptr));
+      }
+    }
   }
 
   const S* w = a.w + c0;
@@ -239,11 +246,23 @@ bool backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n
   for (int64_t ch = nchunks - 1; ch >= 0; --ch) {
     const int64_t t0 = ch * kChunk;
     const int64_t t1 = t0 + kChunk < a.T ? t0 + kChunk : a.T;
-    const S* ck = checkpoints + ch * 3 * n;
+    const S* ck = checkpoint(ch);
     std::memcpy(sa, ck, n * sizeof(S));
-    std::memcpy(sb, ck + n, n * sizeof(S));
-    std::memcpy(sp, ck + 2 * n, n * sizeof(S));
+    std::memcpy(sb, ck + ck_row, n * sizeof(S));
+    std::memcpy(sp, ck + 2 * ck_row, n * sizeof(S));
     advance_run<L>(a, b, c0, n, t0, t1, sa, sb, sp, trace);
+    if (ch == nchunks - 1) {
+      // (sa, sb) is now the returned state: seed the adjoints from its gradient.
+      const S* gso = a.gstate_out ? a.gstate_out + b * 3 * a.C + c0 : nullptr;
+      for (int64_t j = 0; j < n; ++j) {
+        const S gaa = gso ? gso[j] : S(0);
+        const S gbb = gso ? gso[a.C + j] : S(0);
+        const S gpp = gso ? gso[2 * a.C + j] : S(0);
+        wkv::backward_init(gaa, gbb, gpp, sa[j], sb[j], ga[j], gb[j], gc[j]);
+        gw[j] = S(0);
+        gu[j] = S(0);
+      }
+    }
     for (int64_t t = t1 - 1; t >= t0; --t) {
       const int64_t off = (b * a.T + t) * a.C + c0;
       const I* kt = a.k + off;
@@ -292,11 +311,11 @@ bool backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n
     gw_out[j] += gw[j] * w[j];
     gu_out[j] += gu[j];
     if (gsi) {
-      wkv::backward_finish(ga[j], gb[j], gc[j], checkpoints[j], checkpoints[n + j], gsi[j],
-                           gsi[a.C + j], gsi[2 * a.C + j]);
+      wkv::backward_finish(ga[j], gb[j], gc[j], checkpoint(0)[j], checkpoint(0)[ck_row + j],
+                           gsi[j], gsi[a.C + j], gsi[2 * a.C + j]);
     }
   }
-  std::free(checkpoints);
+  std::free(scratch);
   return true;
 }
 

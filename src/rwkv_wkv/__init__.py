@@ -9,7 +9,7 @@ See README.md for the op contract.
 """
 
 from . import reference
-from ._library import build_info, cpu_isa
+from ._library import build_info, cpu_isa, cuda_chunk_length, cuda_plan
 from .model import RWKV, RWKVConfig
 from .ops import WKVFunction, empty_state, wkv, wkv_with_state
 
@@ -21,6 +21,8 @@ __all__ = [
     "reference",
     "build_info",
     "cpu_isa",
+    "cuda_chunk_length",
+    "cuda_plan",
     "RWKV",
     "RWKVConfig",
 ]

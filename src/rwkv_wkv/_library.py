@@ -59,8 +59,37 @@ def build_info() -> dict:
 def cpu_isa(isa: str | None = None) -> str:
     """Returns the instruction set the CPU kernel uses; with ``isa``, switches to it first.
 
-    ``isa`` is "auto" (the best this processor supports), "avx512", "avx2" or "scalar".
-    Mainly for testing the fallback kernels and benchmarking them side by side.
+    ``isa`` is "auto" (the best this processor supports), "avx512", "avx2" or "scalar";
+    or "cuda_emulation": the CUDA kernels' bodies run on the CPU over their whole grids (slow;
+    tests the GPU code's chunking and indexing where there is no GPU). Mainly for testing the
+    fallback kernels and benchmarking them side by side.
     """
     load()
     return torch.ops.wkv.cpu_isa(isa)
+
+
+def cuda_chunk_length(length: int | str | None = None) -> int:
+    """Returns the T-chunk length setting of the CUDA kernels; with ``length``, sets it first.
+
+    0 or "auto" (the default): chosen per call from B * C, T and the GPU's multiprocessor count
+    (see ``cuda_plan``); -1 or "serial": one chunk, one thread per (b, c) lane over all of T;
+    a positive number: that length, rounded up to a multiple of 32. Applies to the CUDA
+    kernels and to their CPU emulation (``cpu_isa("cuda_emulation")``). For benchmarks and tests.
+    """
+    load()
+    if isinstance(length, str):
+        named = {"auto": 0, "serial": -1}
+        if length not in named:
+            raise ValueError(f"length must be an int, 'auto' or 'serial', got {length!r}")
+        length = named[length]
+    return torch.ops.wkv.cuda_chunk(length)
+
+
+def cuda_plan(B: int, T: int, C: int, sms: int = 0) -> int:
+    """The chunk length the CUDA kernels would use for (B, T, C) under the current setting.
+
+    A result >= T means one chunk (the serial kernel). ``sms``: multiprocessors to plan for
+    (0: the current GPU's, or 132, an H100/H200, where there is no GPU).
+    """
+    load()
+    return torch.ops.wkv.cuda_plan(B, T, C, sms)

@@ -45,15 +45,26 @@ def _check_fake_state(op, s, name, k, B, C):
     _check(op, tuple(s.shape) == (B, 3, C), f"{name} must have shape (B, 3, C) = {(B, 3, C)}, got {tuple(s.shape)}")
 
 
+# The forward can save the state before every CHECKPOINT_STEPS-th step for the backward
+# (csrc/wkv.h kCheckpointSteps): (B, ceil(T / 32), 3, C) in the math dtype, ~3/32 of k's elements.
+CHECKPOINT_STEPS = 32
+
+
+def _num_checkpoints(T):
+    return (T + CHECKPOINT_STEPS - 1) // CHECKPOINT_STEPS
+
+
 @torch.library.register_fake("wkv::wkv_forward")
-def _wkv_forward_fake(time_decay, time_first, k, v, state=None):
+def _wkv_forward_fake(time_decay, time_first, k, v, state=None, save_checkpoints=False):
     B, T, C = _check_fake_inputs("wkv.wkv_forward", time_decay, time_first, k, v)
     _check_fake_state("wkv.wkv_forward", state, "state", k, B, C)
-    return k.new_empty((B, T, C)), k.new_empty((B, 3, C), dtype=_math_dtype(k))
+    math = _math_dtype(k)
+    n = _num_checkpoints(T) if save_checkpoints else 0
+    return k.new_empty((B, T, C)), k.new_empty((B, 3, C), dtype=math), k.new_empty((B, n, 3, C), dtype=math)
 
 
 @torch.library.register_fake("wkv::wkv_backward")
-def _wkv_backward_fake(time_decay, time_first, k, v, state, gy, gstate_out):
+def _wkv_backward_fake(time_decay, time_first, k, v, state, gy, gstate_out, checkpoints=None):
     B, T, C = _check_fake_inputs("wkv.wkv_backward", time_decay, time_first, k, v)
     _check_fake_state("wkv.wkv_backward", state, "state", k, B, C)
     _check_fake_state("wkv.wkv_backward", gstate_out, "gstate_out", k, B, C)
@@ -79,22 +90,29 @@ def _legacy_backward_fake(B, T, C, w, u, k, v, gy, gw, gu, gk, gv):
 
 
 def _setup_context(ctx, inputs, output):
-    time_decay, time_first, k, v, state = inputs
-    ctx.save_for_backward(time_decay, time_first, k, v, state)
+    time_decay, time_first, k, v, state, _ = inputs
+    checkpoints = output[2]
+    ctx.save_for_backward(time_decay, time_first, k, v, state, checkpoints)
     ctx.has_state = state is not None
+    ctx.mark_non_differentiable(checkpoints)
 
 
-def _backward(ctx, gy, gstate_out):
-    time_decay, time_first, k, v, state = ctx.saved_tensors
+def _backward(ctx, gy, gstate_out, _gcheckpoints):
+    time_decay, time_first, k, v, state, checkpoints = ctx.saved_tensors
     if gy is None:
         gy = torch.zeros_like(k)
     g_td, g_tf, gk, gv, gstate = torch.ops.wkv.wkv_backward(
-        time_decay, time_first, k, v, state, gy, gstate_out
+        time_decay, time_first, k, v, state, gy, gstate_out, checkpoints
     )
-    return g_td, g_tf, gk, gv, (gstate if ctx.has_state else None)
+    return g_td, g_tf, gk, gv, (gstate if ctx.has_state else None), None
 
 
 torch.library.register_autograd("wkv::wkv_forward", _backward, setup_context=_setup_context)
+
+
+def _needs_grad(*tensors):
+    """Whether autograd will want a backward of this call: then the forward saves checkpoints."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -103,7 +121,8 @@ def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: 
     time_decay, time_first: (C,) float32/float64; the decay is w = -exp(time_decay).
     k, v: (B, T, C) float32/float64/bfloat16/float16 (same dtype); returns y of k's dtype.
     """
-    return torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, None)[0]
+    save = _needs_grad(time_decay, time_first, k, v)
+    return torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, None, save)[0]
 
 
 def wkv_with_state(time_decay, time_first, k, v, state=None):
@@ -113,7 +132,8 @@ def wkv_with_state(time_decay, time_first, k, v, state=None):
     or None for the empty state. Gradients flow into ``state`` too, so a sequence processed as
     consecutive segments gives the same values and gradients as one call over the whole.
     """
-    y, new_state = torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, state)
+    save = _needs_grad(time_decay, time_first, k, v, state)
+    y, new_state, _ = torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, state, save)
     return y, new_state
 
 
@@ -134,14 +154,15 @@ class WKVFunction(torch.autograd.Function):
     def forward(ctx, B, T, C, time_decay, time_first, k, v):
         if tuple(k.shape) != (B, T, C):
             raise ValueError(f"WKVFunction: k must have shape (B, T, C) = {(B, T, C)}, got {tuple(k.shape)}")
-        y, _ = torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, None)
-        ctx.save_for_backward(time_decay, time_first, k, v)
+        save = any(ctx.needs_input_grad[3:])
+        y, _, checkpoints = torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, None, save)
+        ctx.save_for_backward(time_decay, time_first, k, v, checkpoints)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        time_decay, time_first, k, v = ctx.saved_tensors
+        time_decay, time_first, k, v, checkpoints = ctx.saved_tensors
         g_td, g_tf, gk, gv, _ = torch.ops.wkv.wkv_backward(
-            time_decay, time_first, k, v, None, gy, None
+            time_decay, time_first, k, v, None, gy, None, checkpoints
         )
         return None, None, None, g_td, g_tf, gk, gv

@@ -1,0 +1,400 @@
+// The CUDA kernels' bodies: one function per pass, of (thread index, arguments), runnable on a
+// GPU (csrc/wkv_kernel.cu wraps each in a one-line __global__) and on the CPU (csrc/cpu/
+// wkv_emulate.cpp loops over the whole grid), so the chunk arithmetic and all indexing are
+// tested on machines without a GPU. The math is csrc/wkv.h; this file only says who computes
+// which steps. The driver that picks passes and allocates buffers is csrc/wkv_cuda_driver.h.
+//
+// A "lane" is one (batch row b, channel c). T is cut into chunks of `chunk` steps (a multiple
+// of kCheckpointSteps; chunk >= T means one chunk: the serial kernel, one thread per lane).
+// Thread indices of per-chunk passes are ((b * nchunks + j) * C + c): neighbouring threads are
+// neighbouring channels, so every load and store of a warp is coalesced.
+//
+// Forward (several chunks)              Backward (checkpoints from the forward, or recomputed)
+//   fwd_fold   (b, j, c): chunk j from    bwd_local  (b, j>=1, c): chunk j walked backwards
+//              the empty state -> starts             from zero adjoints -> its linear map
+//   fwd_scan   (b, c): chunk start states bwd_scan   (b, c): adjoints at every chunk's end
+//              in order -> starts, state_out          from the seed (gstate_out), last to first
+//   fwd_emit   (b, j, c): chunk j from    bwd_emit   (b, j, c): chunk j backwards from its end
+//              its start: y, checkpoints             adjoint: gk, gv, per-chunk gw, gu; gstate_in
+// One chunk: fwd_emit alone (state_in ->  bwd_reduce (c) or (b, c): gw, gu summed over chunks
+//   state_out); bwd_emit + bwd_reduce.                (and rows), times w for the time_decay grad
+//
+// Within a chunk every thread walks segments of kCheckpointSteps steps; the backward recomputes
+// a segment's states from its checkpoint into a per-thread array of kCheckpointSteps entries
+// (registers when the compiler unrolls the fixed-length loops) and walks it backwards. So no
+// pass needs memory proportional to T beyond its outputs and the checkpoints.
+#pragma once
+
+#include <cstdint>
+
+#include "wkv.h"
+
+namespace wkv {
+
+constexpr int kSeg = kCheckpointSteps;
+
+template <class S>
+struct LaneState {
+  S aa, bb, pp;
+};
+
+// Element (row, part, c) of a (rows, parts, C) array: states are (B * n, 3, C), etc.
+WKV_HD int64_t at3(int64_t row, int parts, int part, int64_t C, int64_t c) {
+  return (row * parts + part) * C + c;
+}
+
+template <class S>
+WKV_HD LaneState<S> load_lane_state(const S* p, int64_t row, int64_t C, int64_t c) {
+  return {p[at3(row, 3, 0, C, c)], p[at3(row, 3, 1, C, c)], p[at3(row, 3, 2, C, c)]};
+}
+
+template <class S>
+WKV_HD void store_lane_state(S* p, int64_t row, int64_t C, int64_t c, const LaneState<S>& s) {
+  p[at3(row, 3, 0, C, c)] = s.aa;
+  p[at3(row, 3, 1, C, c)] = s.bb;
+  p[at3(row, 3, 2, C, c)] = s.pp;
+}
+
+template <class S>
+WKV_HD LaneState<S> empty_lane_state() {
+  return {S(0), S(0), S(kEmptyExponent)};
+}
+
+// Arguments shared by every pass. TIn: the sequences' type (float, double, c10::BFloat16,
+// c10::Half); S: the math type (float, or double for double sequences).
+template <class TIn, class S>
+struct ScanArgs {
+  int64_t B = 0, T = 0, C = 0;
+  int64_t chunk = 0, nchunks = 1, nckpt = 0;  // nckpt = ceil(T / kSeg)
+  const S* w = nullptr;     // (C,): w itself, or time_decay when w_is_log (w = -exp(it))
+  bool w_is_log = false;
+  const S* u = nullptr;     // (C,) time_first
+  const TIn* k = nullptr;   // (B, T, C)
+  const TIn* v = nullptr;   // (B, T, C)
+  const S* state_in = nullptr;  // (B, 3, C) or null (the empty state)
+  // forward
+  TIn* y = nullptr;             // (B, T, C) or null (only checkpoints wanted)
+  S* state_out = nullptr;       // (B, 3, C) or null
+  S* checkpoints = nullptr;     // (B, nckpt, 3, C): written by the forward, read by backward
+  S* starts = nullptr;          // (B, nchunks, 3, C): chunk folds, then chunk start states
+  // backward
+  const TIn* gy = nullptr;          // (B, T, C)
+  const S* gstate_out = nullptr;    // (B, 3, C) or null
+  TIn* gk = nullptr;                // (B, T, C)
+  TIn* gv = nullptr;                // (B, T, C)
+  S* local = nullptr;               // (B, nchunks, 4, C): ga_loc, gb_loc, decay, keep
+  S* adjoint = nullptr;             // (B, nchunks, 3, C): ga, gb, gcarry at each chunk's end
+  S* parts = nullptr;               // (B, nchunks, 2, C): sum over the chunk of dL/dw, dL/du
+  S* gstate_in = nullptr;           // (B, 3, C) or null
+  S* gw = nullptr;                  // reduce: (C,) if sum_rows, else (B, C) accumulated (+=)
+  S* gu = nullptr;
+  bool sum_rows = false;
+};
+
+template <class TIn, class S>
+WKV_HD S decay_of(const ScanArgs<TIn, S>& a, int64_t c) {
+  return a.w_is_log ? -wkv_exp(a.w[c]) : a.w[c];
+}
+
+template <class TIn, class S>
+WKV_HD S load_in(const TIn* p, int64_t off) {
+  return static_cast<S>(p[off]);
+}
+
+// (b, j, c) of a per-chunk thread index.
+struct ChunkLane {
+  int64_t b, j, c;
+};
+template <class TIn, class S>
+WKV_HD ChunkLane chunk_lane(int64_t i, const ScanArgs<TIn, S>& a) {
+  const int64_t c = i % a.C, r = i / a.C;
+  return {r / a.nchunks, r % a.nchunks, c};
+}
+
+template <class TIn, class S>
+WKV_HD int64_t chunk_end(const ScanArgs<TIn, S>& a, int64_t j) {
+  const int64_t t1 = (j + 1) * a.chunk;
+  return t1 < a.T ? t1 : a.T;
+}
+
+// The state of lane (b, c) entering step 0.
+template <class TIn, class S>
+WKV_HD LaneState<S> initial_state(const ScanArgs<TIn, S>& a, int64_t b, int64_t c) {
+  return a.state_in ? load_lane_state(a.state_in, b, a.C, c) : empty_lane_state<S>();
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+struct FwdFold {
+  template <class TIn, class S>
+  WKV_HD void run(int64_t i, const ScanArgs<TIn, S>& a) {
+    const ChunkLane l = chunk_lane(i, a);
+    const S w = decay_of(a, l.c);
+    LaneState<S> s = empty_lane_state<S>();
+    const int64_t t1 = chunk_end(a, l.j);
+    const int64_t base = (l.b * a.T) * a.C + l.c;
+    const TIn* kp = a.k + base + l.j * a.chunk * a.C;
+    const TIn* vp = a.v + base + l.j * a.chunk * a.C;
+    for (int64_t t = l.j * a.chunk; t < t1; ++t, kp += a.C, vp += a.C) {
+      advance_state(w, load_in<TIn, S>(kp, 0), load_in<TIn, S>(vp, 0), s.aa, s.bb, s.pp);
+    }
+    store_lane_state(a.starts, l.b * a.nchunks + l.j, a.C, l.c, s);
+  }
+};
+
+struct FwdScan {
+  template <class TIn, class S>
+  WKV_HD void run(int64_t lane, const ScanArgs<TIn, S>& a) {
+    const int64_t b = lane / a.C, c = lane % a.C;
+    const S w = decay_of(a, c);
+    LaneState<S> s = initial_state(a, b, c);
+    for (int64_t j = 0; j < a.nchunks; ++j) {
+      const int64_t row = b * a.nchunks + j;
+      const LaneState<S> fold = load_lane_state(a.starts, row, a.C, c);
+      store_lane_state(a.starts, row, a.C, c, s);
+      const S n = S(chunk_end(a, j) - j * a.chunk);
+      combine_states(w, n, s.aa, s.bb, s.pp, fold.aa, fold.bb, fold.pp);
+    }
+    if (a.state_out) store_lane_state(a.state_out, b, a.C, c, s);
+  }
+};
+
+struct FwdEmit {
+  template <class TIn, class S>
+  WKV_HD void run(int64_t i, const ScanArgs<TIn, S>& a) {
+    const ChunkLane l = chunk_lane(i, a);
+    const S w = decay_of(a, l.c), u = a.u[l.c];
+    LaneState<S> s = a.nchunks == 1 ? initial_state(a, l.b, l.c)
+                                    : load_lane_state(a.starts, l.b * a.nchunks + l.j, a.C, l.c);
+    const int64_t t1 = chunk_end(a, l.j);
+    for (int64_t s0 = l.j * a.chunk; s0 < t1; s0 += kSeg) {
+      if (a.checkpoints) store_lane_state(a.checkpoints, l.b * a.nckpt + s0 / kSeg, a.C, l.c, s);
+      const int n = static_cast<int>(t1 - s0 < kSeg ? t1 - s0 : kSeg);
+      const int64_t off = (l.b * a.T + s0) * a.C + l.c;
+      const TIn* kp = a.k + off;
+      const TIn* vp = a.v + off;
+      if (a.y) {
+        TIn* yp = a.y + off;
+        for (int t = 0; t < n; ++t) {
+          const int o = t * static_cast<int>(a.C);
+          yp[o] = static_cast<TIn>(forward_step(w, u, load_in<TIn, S>(kp, o),
+                                                load_in<TIn, S>(vp, o), s.aa, s.bb, s.pp));
+        }
+      } else {
+        for (int t = 0; t < n; ++t) {
+          const int o = t * static_cast<int>(a.C);
+          advance_state(w, load_in<TIn, S>(kp, o), load_in<TIn, S>(vp, o), s.aa, s.bb, s.pp);
+        }
+      }
+    }
+    if (a.state_out && a.nchunks == 1) store_lane_state(a.state_out, l.b, a.C, l.c, s);
+  }
+};
+
+// ---- backward --------------------------------------------------------------------------------
+
+// Adjoints carried backwards (scaled, csrc/wkv.h) and what a walk accumulates.
+template <class S>
+struct Walk {
+  S ga, gb, gcarry;  // adjoints of the state after the current step
+  S gw, gu;          // sums of dL/dw and dL/du
+  S decay, keep;     // the chunk's linear map (track_chunk_map), when wanted
+};
+
+// Recomputes the states before steps s0 .. s0+n-1 (n <= kSeg) from the checkpoint at s0 into
+// (ta, tb, tp); returns the state after the last of them.
+template <class TIn, class S>
+WKV_HD LaneState<S> recompute_segment(const ScanArgs<TIn, S>& a, int64_t b, int64_t c, S w,
+                                      int64_t s0, int n, S* ta, S* tb, S* tp) {
+  LaneState<S> s = load_lane_state(a.checkpoints, b * a.nckpt + s0 / kSeg, a.C, c);
+  const int64_t off = (b * a.T + s0) * a.C + c;
+  const TIn* kp = a.k + off;
+  const TIn* vp = a.v + off;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int t = 0; t < kSeg; ++t) {
+    if (t < n) {
+      const int o = t * static_cast<int>(a.C);
+      ta[t] = s.aa;
+      tb[t] = s.bb;
+      tp[t] = s.pp;
+      advance_state(w, load_in<TIn, S>(kp, o), load_in<TIn, S>(vp, o), s.aa, s.bb, s.pp);
+    }
+  }
+  return s;
+}
+
+// Walks steps s0+n-1 down to s0 with the recomputed states; writes gk, gv when `write`.
+template <bool write, bool track, class TIn, class S>
+WKV_HD void reverse_segment(const ScanArgs<TIn, S>& a, int64_t b, int64_t c, S w, S u,
+                            int64_t s0, int n, const S* ta, const S* tb, const S* tp,
+                            Walk<S>& g) {
+  const int64_t off = (b * a.T + s0) * a.C + c;
+  const TIn* kp = a.k + off;
+  const TIn* vp = a.v + off;
+  const TIn* gyp = a.gy + off;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int t = kSeg - 1; t >= 0; --t) {
+    if (t < n) {
+      const int o = t * static_cast<int>(a.C);
+      const S kt = load_in<TIn, S>(kp, o), vt = load_in<TIn, S>(vp, o);
+      S f1, f2, gk, gv;
+      decltype(kt >= kt) state_wins;
+      wkv_max_pair(tp[t] + w, kt, f1, f2, state_wins);
+      backward_step(u, kt, vt, load_in<TIn, S>(gyp, o), ta[t], tb[t], tp[t], f1, f2, g.ga, g.gb,
+                    g.gcarry, g.gw, g.gu, gk, gv);
+      if (track) track_chunk_map(f1, f2, g.decay, g.keep);
+      if (write) {
+        a.gk[off + o] = static_cast<TIn>(gk);
+        a.gv[off + o] = static_cast<TIn>(gv);
+      }
+    }
+  }
+}
+
+// The seed of the reverse pass from the gradient of the returned state (zero if none).
+template <class TIn, class S>
+WKV_HD void seed_walk(const ScanArgs<TIn, S>& a, int64_t b, int64_t c, const LaneState<S>& last,
+                      Walk<S>& g) {
+  if (a.gstate_out) {
+    backward_init(a.gstate_out[at3(b, 3, 0, a.C, c)], a.gstate_out[at3(b, 3, 1, a.C, c)],
+                  a.gstate_out[at3(b, 3, 2, a.C, c)], last.aa, last.bb, g.ga, g.gb, g.gcarry);
+  } else {
+    g.ga = g.gb = g.gcarry = S(0);
+  }
+}
+
+// Walks chunk j of lane (b, c) backwards from the adjoints in g.
+template <bool write, bool track, class TIn, class S>
+WKV_HD void walk_chunk(const ScanArgs<TIn, S>& a, int64_t b, int64_t j, int64_t c, S w, S u,
+                       bool seed_at_end, Walk<S>& g) {
+  S ta[kSeg], tb[kSeg], tp[kSeg];
+  const int64_t t0 = j * a.chunk, t1 = chunk_end(a, j);
+  for (int64_t s0 = t0 + ((t1 - 1 - t0) / kSeg) * kSeg; s0 >= t0; s0 -= kSeg) {
+    const int n = static_cast<int>(t1 - s0 < kSeg ? t1 - s0 : kSeg);
+    const LaneState<S> after = recompute_segment(a, b, c, w, s0, n, ta, tb, tp);
+    if (seed_at_end && s0 + n == a.T) seed_walk(a, b, c, after, g);
+    reverse_segment<write, track>(a, b, c, w, u, s0, n, ta, tb, tp, g);
+    if (s0 == t0) break;  // (s0 is signed, but keep the loop obviously finite)
+  }
+}
+
+struct BwdLocal {
+  template <class TIn, class S>
+  WKV_HD void run(int64_t i, const ScanArgs<TIn, S>& a) {
+    const ChunkLane l = chunk_lane(i, a);
+    if (l.j == 0) return;  // chunk 0's map is never needed: bwd_emit walks it last
+    Walk<S> g{S(0), S(0), S(0), S(0), S(0), S(1), S(1)};
+    walk_chunk<false, true>(a, l.b, l.j, l.c, decay_of(a, l.c), a.u[l.c], false, g);
+    const int64_t row = l.b * a.nchunks + l.j;
+    a.local[at3(row, 4, 0, a.C, l.c)] = g.ga;
+    a.local[at3(row, 4, 1, a.C, l.c)] = g.gb;
+    a.local[at3(row, 4, 2, a.C, l.c)] = g.decay;
+    a.local[at3(row, 4, 3, a.C, l.c)] = g.keep;
+  }
+};
+
+struct BwdScan {
+  template <class TIn, class S>
+  WKV_HD void run(int64_t lane, const ScanArgs<TIn, S>& a) {
+    const int64_t b = lane / a.C, c = lane % a.C;
+    Walk<S> g{};
+    if (a.gstate_out) {
+      // The returned state: the last checkpoint advanced through the last (partial) segment.
+      const S w = decay_of(a, c);
+      const int64_t s0 = (a.nckpt - 1) * kSeg;
+      LaneState<S> s = load_lane_state(a.checkpoints, b * a.nckpt + a.nckpt - 1, a.C, c);
+      const int64_t off = (b * a.T + s0) * a.C + c;
+      for (int64_t t = 0; t < a.T - s0; ++t) {
+        advance_state(w, load_in<TIn, S>(a.k, off + t * a.C), load_in<TIn, S>(a.v, off + t * a.C),
+                      s.aa, s.bb, s.pp);
+      }
+      seed_walk(a, b, c, s, g);
+    } else {
+      g.ga = g.gb = g.gcarry = S(0);
+    }
+    for (int64_t j = a.nchunks - 1; j >= 0; --j) {
+      const int64_t row = b * a.nchunks + j;
+      a.adjoint[at3(row, 3, 0, a.C, c)] = g.ga;
+      a.adjoint[at3(row, 3, 1, a.C, c)] = g.gb;
+      a.adjoint[at3(row, 3, 2, a.C, c)] = g.gcarry;
+      if (j == 0) break;
+      carry_adjoints(a.local[at3(row, 4, 2, a.C, c)], a.local[at3(row, 4, 3, a.C, c)],
+                     a.local[at3(row, 4, 0, a.C, c)], a.local[at3(row, 4, 1, a.C, c)], g.ga, g.gb,
+                     g.gcarry);
+    }
+  }
+};
+
+struct BwdEmit {
+  template <class TIn, class S>
+  WKV_HD void run(int64_t i, const ScanArgs<TIn, S>& a) {
+    const ChunkLane l = chunk_lane(i, a);
+    const int64_t row = l.b * a.nchunks + l.j;
+    Walk<S> g{S(0), S(0), S(0), S(0), S(0), S(1), S(1)};
+    const bool serial = a.nchunks == 1;
+    if (!serial) {
+      g.ga = a.adjoint[at3(row, 3, 0, a.C, l.c)];
+      g.gb = a.adjoint[at3(row, 3, 1, a.C, l.c)];
+      g.gcarry = a.adjoint[at3(row, 3, 2, a.C, l.c)];
+    }
+    walk_chunk<true, false>(a, l.b, l.j, l.c, decay_of(a, l.c), a.u[l.c], serial, g);
+    a.parts[at3(row, 2, 0, a.C, l.c)] = g.gw;
+    a.parts[at3(row, 2, 1, a.C, l.c)] = g.gu;
+    if (l.j == 0 && a.gstate_in) {
+      const LaneState<S> s0 = load_lane_state(a.checkpoints, l.b * a.nckpt, a.C, l.c);
+      backward_finish(g.ga, g.gb, g.gcarry, s0.aa, s0.bb, a.gstate_in[at3(l.b, 3, 0, a.C, l.c)],
+                      a.gstate_in[at3(l.b, 3, 1, a.C, l.c)], a.gstate_in[at3(l.b, 3, 2, a.C, l.c)]);
+    }
+  }
+};
+
+// Thread i: channel c = i (sum_rows: one (C,) gradient) or lane (b, c) (accumulate into (B, C)).
+struct BwdReduce {
+  template <class TIn, class S>
+  WKV_HD void run(int64_t i, const ScanArgs<TIn, S>& a) {
+    const int64_t c = i % a.C;
+    const int64_t b0 = a.sum_rows ? 0 : i / a.C, b1 = a.sum_rows ? a.B : b0 + 1;
+    S gw = S(0), gu = S(0);
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t j = 0; j < a.nchunks; ++j) {
+        gw = gw + a.parts[at3(b * a.nchunks + j, 2, 0, a.C, c)];
+        gu = gu + a.parts[at3(b * a.nchunks + j, 2, 1, a.C, c)];
+      }
+    }
+    const S w = decay_of(a, c);
+    if (a.sum_rows) {
+      a.gw[c] = gw * w;
+      a.gu[c] = gu;
+    } else {
+      a.gw[i] += gw * w;
+      a.gu[i] += gu;
+    }
+  }
+};
+
+// ---- the plan --------------------------------------------------------------------------------
+
+// Chunk length for B lanes-rows x C channels x T steps on a GPU with `sms` multiprocessors:
+// `forced` > 0 rounds that up to a multiple of kSeg; -1 forces one chunk (the serial kernel);
+// 0 chooses. The choice: the shortest chunk (kSeg * 2^m) that is at least sqrt(T) / 2 (so the
+// per-lane scan over chunks stays shorter than the chunks) and keeps B * C * nchunks threads
+// within about one full GPU (2048 per multiprocessor). Once B * C alone fills the GPU that
+// length reaches T: one chunk, the serial kernel. Returns a length >= T for one chunk.
+inline int64_t plan_chunk(int64_t B, int64_t T, int64_t C, int64_t sms, int64_t forced) {
+  const int64_t whole = ((T + kSeg - 1) / kSeg) * kSeg;
+  if (forced == -1) return whole;
+  if (forced > 0) {
+    const int64_t l = ((forced + kSeg - 1) / kSeg) * kSeg;
+    return l < whole ? l : whole;
+  }
+  const int64_t target = (sms > 0 ? sms : 1) * 2048;
+  int64_t l = kSeg;
+  while (l < T && (4 * l * l < T || B * C * ((T + l - 1) / l) > target)) l *= 2;
+  return l < whole ? l : whole;
+}
+
+}  // namespace wkv

@@ -1,0 +1,129 @@
+// The CUDA launcher's logic, written once for two executors: the GPU (csrc/wkv_kernel.cu:
+// every pass a kernel launch) and the CPU emulation (csrc/cpu/wkv_emulate.cpp: every pass a
+// loop over its grid). It chooses the chunk length, allocates the small per-chunk buffers and
+// runs the passes of csrc/wkv_chunked.h in order. An executor provides
+//   int64_t sms;                                    multiprocessors the plan is made for
+//   template <class Body, class TIn, class S>
+//   void run(int64_t threads, const ScanArgs<TIn, S>& args);   Body::run(i, args) for every i
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+#include "wkv_chunked.h"
+#include "wkv_launch.h"
+
+namespace wkv {
+
+// Calls fn.template operator()<TIn, S>() for the sequence type TIn and math type S of a launch.
+template <class Fn>
+void dispatch_scan_types(const Launch& a, Fn fn) {
+  switch (a.k.scalar_type()) {
+    case at::kDouble: return fn.template operator()<double, double>();
+    case at::kBFloat16: return fn.template operator()<c10::BFloat16, float>();
+    case at::kHalf: return fn.template operator()<c10::Half, float>();
+    case at::kFloat: return fn.template operator()<float, float>();
+    default: TORCH_CHECK(false, "wkv: unsupported dtype ", a.k.scalar_type());
+  }
+}
+
+template <class T>
+T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+template <class TIn, class S>
+ScanArgs<TIn, S> scan_args(const Launch& a, int64_t sms) {
+  // In-segment offsets are 32-bit: kSeg rows of C channels must fit.
+  TORCH_CHECK_VALUE(a.C < (int64_t(1) << 31) / kSeg, "wkv: C must be < ", (int64_t(1) << 31) / kSeg,
+                    " for the CUDA kernels, got ", a.C);
+  ScanArgs<TIn, S> s;
+  s.B = a.B;
+  s.T = a.T;
+  s.C = a.C;
+  s.chunk = plan_chunk(a.B, a.T, a.C, sms, chunk_setting());
+  s.nchunks = (a.T + s.chunk - 1) / s.chunk;
+  s.nckpt = (a.T + kSeg - 1) / kSeg;
+  s.w = ptr_or_null<const S>(a.w);
+  s.w_is_log = a.w_is_log;
+  s.u = ptr_or_null<const S>(a.u);
+  s.k = ptr_or_null<const TIn>(a.k);
+  s.v = ptr_or_null<const TIn>(a.v);
+  s.state_in = ptr_or_null<const S>(a.state_in);
+  return s;
+}
+
+// y (if defined), state_out (if defined) and checkpoints (if defined) from k, v, state_in.
+template <class Exec>
+void scan_forward(const Launch& a, Exec& ex) {
+  dispatch_scan_types(a, [&]<class TIn, class S>() {
+    ScanArgs<TIn, S> s = scan_args<TIn, S>(a, ex.sms);
+    s.y = ptr_or_null<TIn>(a.y);
+    s.state_out = ptr_or_null<S>(a.state_out);
+    s.checkpoints = ptr_or_null<S>(a.checkpoints);
+    at::Tensor starts;
+    const int64_t lanes = a.B * a.C;
+    if (s.nchunks > 1) {
+      starts = at::empty({a.B, s.nchunks, 3, a.C}, a.w.options());
+      s.starts = static_cast<S*>(starts.data_ptr());
+      ex.template run<FwdFold>(lanes * s.nchunks, s);
+      ex.template run<FwdScan>(lanes, s);
+    }
+    ex.template run<FwdEmit>(lanes * s.nchunks, s);
+  });
+}
+
+// gk, gv, gw/gu (sum_rows: (C,) written; else (B, C) accumulated), gstate_in (if defined).
+// Uses a.checkpoints when the forward saved them, else recomputes them first.
+template <class Exec>
+void scan_backward(const Launch& a, Exec& ex) {
+  at::Tensor checkpoints = a.checkpoints;
+  if (!checkpoints.defined()) {
+    Launch f;
+    f.B = a.B;
+    f.T = a.T;
+    f.C = a.C;
+    f.w = a.w;
+    f.w_is_log = a.w_is_log;
+    f.u = a.u;
+    f.k = a.k;
+    f.v = a.v;
+    f.state_in = a.state_in;
+    f.checkpoints = checkpoints =
+        at::empty({a.B, (a.T + kSeg - 1) / kSeg, 3, a.C}, a.w.options());
+    scan_forward(f, ex);
+  }
+  dispatch_scan_types(a, [&]<class TIn, class S>() {
+    ScanArgs<TIn, S> s = scan_args<TIn, S>(a, ex.sms);
+    s.checkpoints = static_cast<S*>(checkpoints.data_ptr());
+    s.gy = ptr_or_null<const TIn>(a.gy);
+    s.gstate_out = ptr_or_null<const S>(a.gstate_out);
+    s.gk = ptr_or_null<TIn>(a.gk);
+    s.gv = ptr_or_null<TIn>(a.gv);
+    s.gstate_in = ptr_or_null<S>(a.gstate_in);
+    s.gw = ptr_or_null<S>(a.gw);
+    s.gu = ptr_or_null<S>(a.gu);
+    s.sum_rows = a.sum_rows;
+    const int64_t lanes = a.B * a.C, per_chunk = lanes * s.nchunks;
+    // One buffer: parts (2 per chunk-lane), then local (4) and adjoint (3) when chunked.
+    const at::Tensor scratch =
+        at::empty({per_chunk * (s.nchunks > 1 ? 9 : 2)}, a.w.options());
+    S* p = static_cast<S*>(scratch.data_ptr());
+    s.parts = p;
+    if (s.nchunks > 1) {
+      s.local = p + 2 * per_chunk;
+      s.adjoint = p + 6 * per_chunk;
+      ex.template run<BwdLocal>(per_chunk, s);
+      ex.template run<BwdScan>(lanes, s);
+    }
+    ex.template run<BwdEmit>(per_chunk, s);
+    ex.template run<BwdReduce>(a.sum_rows ? a.C : lanes, s);
+  });
+}
+
+}  // namespace wkv
