@@ -1,21 +1,26 @@
 """Benchmark the WKV op against the naive Python loop and the hardware floor, side by side.
 
     python benchmarks/bench_wkv.py                   # full set, CPU, float32
-    python benchmarks/bench_wkv.py --quick           # reduced set, under a minute
+    python benchmarks/bench_wkv.py --quick           # reduced set, under a minute on CPU
     python benchmarks/bench_wkv.py --device cuda --dtype bf16 --json out.json --plot out.png
+    python benchmarks/bench_wkv.py --device cuda --rwkv-lm ~/RWKV-LM   # + RWKV-LM's kernel
 
 For every shape it first validates the kernel against the naive loop (llm.c style: check, then
 time), then times, in the same run:
-  kernel  rwkv_wkv.wkv: forward, and forward+backward through autograd;
+  kernel  rwkv_wkv.wkv: forward, and forward+backward through autograd (on CUDA: the kernel
+          chooses serial or T-chunked itself, rwkv_wkv.cuda_plan);
+  serial  (CUDA only) the same with one chunk forced: one thread per (b, c) lane over all of T;
+  rwkv-lm (CUDA, with --rwkv-lm DIR) RWKV-LM v4neo's own CUDA kernel, JIT-built from the user's
+          checkout with RWKV-LM's own flags, called as RWKV-LM's model calls it;
   naive   rwkv_wkv.reference.wkv_naive, the Python loop over T (autograd for backward);
-  floor   what no implementation can beat on this machine, measured the same way now: the
-          larger of the memory floor (plain tensor ops moving the bytes the op must move:
-          forward reads k, v and writes y; backward reads k, v, y, gy and writes gk, gv) and
-          the exp floor (torch.exp over as many elements as the math needs exponentials,
-          from a cache-resident buffer so that only the arithmetic is timed: forward 2 per
-          element — one of each max-branch pair is exp(0) — and backward 2 per element: the
-          bonus weight e^{u+k_t}/D_t and the decay factor of each step, the least any backward
-          needs even if the forward had stored every state).
+  floor   what no implementation can beat, measured the same way now. CPU: the larger of the
+          memory floor (plain tensor ops moving the bytes the op must move: forward reads k, v
+          and writes y; backward reads k, v, y, gy and writes gk, gv) and the exp floor
+          (torch.exp over as many elements as the math needs exponentials, from a cache-resident
+          buffer: forward 2 per element — one of each max-branch pair is exp(0) — backward 2).
+          CUDA: the memory floor only, and its ratio is shown only where it binds (the kernel
+          within 4x of it). At small B*C the GPU op is latency-bound — a chain of T dependent
+          steps — so a bandwidth floor says nothing there ("latency-bound" in the table).
 Times are medians over repeats after a warm-up; CUDA is timed with events. Ratios are the claims.
 """
 
@@ -116,6 +121,9 @@ def floor_ms(timer, shape, device, dtype, warmup, repeats):
         calls = max(1, math.ceil(count / chunk))
         return lambda: [torch.exp(src, out=dst) for _ in range(calls)]
 
+    if device.type == "cuda":  # exps are nearly free on a GPU: only the memory floor can bind
+        return {"mem_fwd_ms": mem_fwd, "mem_fwdbwd_ms": mem_fwd + mem_bwd, "fwd_ms": mem_fwd,
+                "fwdbwd_ms": mem_fwd + mem_bwd}
     exp_fwd, _ = timer(exps(2 * n), warmup, repeats, 5)
     exp_fwdbwd, _ = timer(exps(4 * n), warmup, repeats, 5)
     return {
@@ -126,6 +134,103 @@ def floor_ms(timer, shape, device, dtype, warmup, repeats):
         "fwd_ms": max(mem_fwd, exp_fwd),
         "fwdbwd_ms": max(mem_fwd + mem_bwd, exp_fwdbwd),
     }
+
+
+class RWKVLMKernel:
+    """RWKV-LM v4neo's WKV CUDA kernel, JIT-built from a user's RWKV-LM checkout with its own
+    flags, wrapped as RWKV-LM's model uses it (w = -exp(time_decay) in Python, y saved for the
+    backward, (B, C) parameter gradients summed over the batch). Its TORCH_LIBRARY block (which
+    would register a second `wkv` namespace) is dropped; the pybind11 functions are used."""
+
+    FILES = {"fp32": ("wkv_op.cpp", "wkv_cuda.cu"), "bf16": ("wkv_op_bf16.cpp", "wkv_cuda_bf16.cu")}
+
+    def __init__(self, root, dtype, t_max):
+        import os
+        import tempfile
+
+        from torch.utils.cpp_extension import load
+
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise SystemExit("--rwkv-lm: RWKV-LM's kernels take fp32 or bf16 only")
+        kind = "bf16" if dtype == torch.bfloat16 else "fp32"
+        build = tempfile.mkdtemp(prefix=f"rwkvlm_{kind}_")
+        sources, src_dir = self.sources(root, kind, build)
+        flags = ["-res-usage", "--maxrregcount 60", "--use_fast_math", "-O3", "-Xptxas -O3", f"-DTmax={t_max}"]
+        print(f"# building RWKV-LM's {kind} kernel from {src_dir} (Tmax={t_max}) ...", file=sys.stderr)
+        self.mod = load(name=f"rwkvlm_wkv_{kind}_{t_max}", sources=sources, build_directory=build,
+                        extra_cuda_cflags=flags, verbose=False)
+        self.dtype = dtype
+        mod = self.mod
+
+        class Fn(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, time_decay, time_first, k, v):
+                B, T, C = k.shape
+                w = -torch.exp(time_decay.float().contiguous())
+                u = time_first.to(k.dtype).contiguous()
+                k, v = k.contiguous(), v.contiguous()
+                y = torch.empty_like(k)
+                mod.forward(B, T, C, w, u, k, v, y)
+                ctx.save_for_backward(w, u, k, v, y)
+                return y
+
+            @staticmethod
+            def backward(ctx, gy):
+                w, u, k, v, y = ctx.saved_tensors
+                B, T, C = k.shape
+                gw = torch.empty(B, C, device=k.device, dtype=k.dtype)
+                gu = torch.empty(B, C, device=k.device, dtype=k.dtype)
+                gk, gv = torch.empty_like(k), torch.empty_like(k)
+                mod.backward(B, T, C, w, u, k, v, y, gy.contiguous(), gw, gu, gk, gv)
+                return gw.float().sum(0), gu.float().sum(0), gk, gv
+
+        self.apply = Fn.apply
+
+    @classmethod
+    def sources(cls, root, kind, build):
+        """Copies RWKV-LM's op and kernel files for `kind` into `build`, minus the op file's
+        TORCH_LIBRARY(wkv, ...) block; returns ([op, kernel] paths, the folder they came from)."""
+        import os
+        import re
+
+        op_name, cu_name = cls.FILES[kind]
+        for d in (root, os.path.join(root, "RWKV-v4neo", "cuda"), os.path.join(root, "cuda")):
+            if os.path.isfile(os.path.join(d, cu_name)):
+                break
+        else:
+            raise SystemExit(f"--rwkv-lm: no {cu_name} in {root} (give RWKV-LM's root or its RWKV-v4neo/cuda folder)")
+        op_path = os.path.join(d, op_name)
+        if not os.path.isfile(op_path):  # ../shared/tools/rwkvlm_reference names it ref_op*.cpp
+            op_path = os.path.join(d, op_name.replace("wkv_op", "ref_op"))
+        op_src = re.sub(r"TORCH_LIBRARY\s*\(\s*wkv\s*,\s*\w+\s*\)\s*\{[^}]*\}", "", open(op_path).read())
+        out = [os.path.join(build, op_name), os.path.join(build, cu_name)]
+        with open(out[0], "w") as f:
+            f.write(op_src)
+        with open(out[1], "w") as f:
+            f.write(open(os.path.join(d, cu_name)).read())
+        return out, d
+
+    @staticmethod
+    def accepts(shape):
+        B, T, C = shape
+        return (B * C) % min(C, 32) == 0  # its launch asserts this
+
+
+def serial_fwd_and_fwdbwd(td, tf, k, v, gy):
+    """As fwd_and_fwdbwd, with the setting held for the backward too."""
+    fwd, fwdbwd = fwd_and_fwdbwd(rwkv_wkv.wkv, td, tf, k, v, gy)
+
+    def hold(fn):
+        def run():
+            previous = rwkv_wkv.cuda_chunk_length()
+            rwkv_wkv.cuda_chunk_length("serial")
+            try:
+                fn()
+            finally:
+                rwkv_wkv.cuda_chunk_length(previous)
+        return run
+
+    return hold(fwd), hold(fwdbwd)
 
 
 def validate(shape, device, dtype):
@@ -158,6 +263,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median reported)")
     p.add_argument("--naive-budget", type=float, default=None, help="seconds of naive-loop timing per measurement before stopping repeats")
     p.add_argument("--skip-naive", action="store_true", help="do not time the naive loop")
+    p.add_argument("--rwkv-lm", default=None, metavar="DIR",
+                   help="(CUDA) also time RWKV-LM's kernel, JIT-built from this RWKV-LM checkout (its root or RWKV-v4neo/cuda)")
     p.add_argument("--json", default=None, help="write the records to this JSON file")
     p.add_argument("--plot", default=None, help="write a bar chart (log scale) to this PNG file")
     args = p.parse_args(argv)
@@ -179,7 +286,14 @@ def main(argv=None):
     print(f"# WKV benchmark: {where}, {args.dtype}, torch {torch.__version__}", file=sys.stderr)
 
     records, notes = [], []
-    impls = ["kernel", "floor"] + ([] if args.skip_naive else ["naive"])
+    cuda = device.type == "cuda"
+    impls = ["kernel"] + (["serial"] if cuda else []) + ["floor"] + ([] if args.skip_naive else ["naive"])
+    rwkv_lm = None
+    if args.rwkv_lm:
+        if not cuda:
+            raise SystemExit("--rwkv-lm needs --device cuda (RWKV-LM's kernel is CUDA only)")
+        rwkv_lm = RWKVLMKernel(args.rwkv_lm, dtype, t_max=max(s[1] for s in shapes))
+        impls.insert(1, "rwkv-lm")
     bar = tqdm(total=len(shapes) * (len(impls) + 1), desc="bench", file=sys.stderr)
     for shape in shapes:
         bar.set_postfix_str(f"{shape} validate")
@@ -189,13 +303,22 @@ def main(argv=None):
         for impl in impls:
             bar.set_postfix_str(f"{shape} {impl}")
             rec = {"shape": list(shape), "device": device.type, "dtype": args.dtype, "impl": impl}
+            if impl == "kernel" and cuda:
+                rec["chunk"] = rwkv_wkv.cuda_plan(*shape)
+            if impl == "rwkv-lm" and not rwkv_lm.accepts(shape):
+                notes.append(f"rwkv-lm at {shape}: refuses B*C % min(C, 32) != 0")
+                bar.update()
+                continue
             if impl == "floor":
                 rec.update(floor_ms(timer, shape, device, dtype, warmup, repeats))
             else:
-                op = rwkv_wkv.wkv if impl == "kernel" else wkv_naive
-                fwd, fwdbwd = fwd_and_fwdbwd(op, td, tf, k, v, gy)
-                w = warmup if impl == "kernel" else 1
-                budget = 30.0 if impl == "kernel" else naive_budget
+                if impl == "serial":
+                    fwd, fwdbwd = serial_fwd_and_fwdbwd(td, tf, k, v, gy)
+                else:
+                    op = {"kernel": rwkv_wkv.wkv, "naive": wkv_naive}.get(impl) or rwkv_lm.apply
+                    fwd, fwdbwd = fwd_and_fwdbwd(op, td, tf, k, v, gy)
+                w = 1 if impl == "naive" else warmup
+                budget = naive_budget if impl == "naive" else 30.0
                 rec["fwd_ms"], n1 = timer(fwd, w, repeats, budget)
                 rec["fwdbwd_ms"], n2 = timer(fwdbwd, w, repeats, budget)
                 if impl == "naive" and min(n1, n2) < repeats:
@@ -204,6 +327,9 @@ def main(argv=None):
             bar.update()
     bar.close()
 
+    if cuda:
+        notes.append("GPU floor: memory traffic only; its ratio is shown where it binds (kernel within 4x), "
+                     "elsewhere the op is latency-bound (T dependent steps per lane)")
     print(format_table(records))
     for n in notes:
         print(f"- {n}")
@@ -218,21 +344,35 @@ def main(argv=None):
 def format_table(records):
     by = {(tuple(r["shape"]), r["impl"]): r for r in records}
     lines = [
-        "| shape (B, T, C) | impl | fwd ms | fwd+bwd ms | speedup vs naive (fwd / fwd+bwd) | ratio to floor (fwd / fwd+bwd) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| shape (B, T, C) | impl | fwd ms | fwd+bwd ms | speedup vs naive (fwd / fwd+bwd) | vs RWKV-LM (fwd / fwd+bwd) | ratio to floor (fwd / fwd+bwd) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
+
+    def floor_ratio(r, floor, key):
+        ratio = r[key] / floor[key]
+        if r["device"] == "cuda" and ratio > 4:
+            return "latency-bound"
+        return f"{ratio:.2f}"
+
     for r in records:
         shape = tuple(r["shape"])
-        naive, floor = by.get((shape, "naive")), by.get((shape, "floor"))
+        naive, floor, ref = by.get((shape, "naive")), by.get((shape, "floor")), by.get((shape, "rwkv-lm"))
         sp = f"{naive['fwd_ms'] / r['fwd_ms']:.0f}x / {naive['fwdbwd_ms'] / r['fwdbwd_ms']:.0f}x" if naive else "-"
-        fl = f"{r['fwd_ms'] / floor['fwd_ms']:.2f} / {r['fwdbwd_ms'] / floor['fwdbwd_ms']:.2f}" if floor else "-"
+        vs = f"{ref['fwd_ms'] / r['fwd_ms']:.2f}x / {ref['fwdbwd_ms'] / r['fwdbwd_ms']:.2f}x" if ref and r["impl"] != "floor" else "-"
+        fl = f"{floor_ratio(r, floor, 'fwd_ms')} / {floor_ratio(r, floor, 'fwdbwd_ms')}" if floor else "-"
         if r["impl"] == "floor":
-            kind_f = "mem" if r["mem_fwd_ms"] >= r["exp_fwd_ms"] else "exp"
-            kind_b = "mem" if r["mem_fwdbwd_ms"] >= r["exp_fwdbwd_ms"] else "exp"
-            name = f"floor ({kind_f} / {kind_b})"
+            if "exp_fwd_ms" in r:
+                kind_f = "mem" if r["mem_fwd_ms"] >= r["exp_fwd_ms"] else "exp"
+                kind_b = "mem" if r["mem_fwdbwd_ms"] >= r["exp_fwdbwd_ms"] else "exp"
+                name = f"floor ({kind_f} / {kind_b})"
+            else:
+                name = "floor (mem)"
+            fl = "-"
+        elif r["impl"] == "kernel" and "chunk" in r:
+            name = "kernel (serial)" if r["chunk"] >= shape[1] else f"kernel (chunk {r['chunk']})"
         else:
             name = r["impl"]
-        lines.append(f"| {shape} | {name} | {r['fwd_ms']:.3f} | {r['fwdbwd_ms']:.3f} | {sp} | {fl} |")
+        lines.append(f"| {shape} | {name} | {r['fwd_ms']:.3f} | {r['fwdbwd_ms']:.3f} | {sp} | {vs} | {fl} |")
     return "\n".join(lines)
 
 

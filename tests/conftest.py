@@ -31,9 +31,13 @@ def _cpu_isas():
 CPU_ISAS = _cpu_isas()
 HAS_CUDA = torch.cuda.is_available() and rwkv_wkv.build_info()["cuda"]
 # The CUDA kernels' bodies emulated on the CPU (csrc/cpu/wkv_emulate.cpp), with one chunk (the
-# serial kernel), 32-step chunks (one segment each) and 96-step chunks (three segments each).
-EMULATED = {"cpu-emu-serial": "serial", "cpu-emu-chunk32": 32, "cpu-emu-chunk96": 96}
-BACKENDS = [f"cpu-{isa}" for isa in CPU_ISAS] + list(EMULATED) + (["cuda"] if HAS_CUDA else [])
+# serial kernel), 32-step chunks (one segment each) and 96-step chunks (three segments each);
+# on a GPU the same three settings besides the automatic plan.
+CHUNKINGS = {"serial": "serial", "chunk32": 32, "chunk96": 96}
+EMULATED = {f"cpu-emu-{name}": chunk for name, chunk in CHUNKINGS.items()}
+CUDA_FORCED = {f"cuda-{name}": chunk for name, chunk in CHUNKINGS.items()} if HAS_CUDA else {}
+BACKENDS = ([f"cpu-{isa}" for isa in CPU_ISAS] + list(EMULATED)
+            + (["cuda"] + list(CUDA_FORCED) if HAS_CUDA else []))
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 
 
@@ -46,6 +50,7 @@ def select_backend(name):
     if name.startswith("cpu-"):
         rwkv_wkv.cpu_isa(name[4:])
         return "cpu"
+    rwkv_wkv.cuda_chunk_length(CUDA_FORCED.get(name, "auto"))
     return "cuda"
 
 

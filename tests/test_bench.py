@@ -23,3 +23,35 @@ def test_bench_runs(tmp_path, capsys):
     assert out_png.stat().st_size > 1000
     table = capsys.readouterr().out
     assert "| (2, 40, 24) | kernel |" in table and "speedup vs naive" in table
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_wkv", ROOT / "benchmarks" / "bench_wkv.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_rwkv_lm_sources_found_and_namespace_dropped(tmp_path):
+    """--rwkv-lm DIR: RWKV-LM's files are found from its root, and the op file's
+    TORCH_LIBRARY(wkv, m) block (a second registration of our namespace) is removed."""
+    import pytest
+
+    bench = _load_bench()
+    cuda = tmp_path / "RWKV-LM" / "RWKV-v4neo" / "cuda"
+    cuda.mkdir(parents=True)
+    (cuda / "wkv_op.cpp").write_text(
+        "#include <torch/extension.h>\nvoid forward() {}\n"
+        "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {\n  m.def(\"forward\", &forward);\n}\n"
+        "TORCH_LIBRARY(wkv, m) {\n    m.def(\"forward\", forward);\n    m.def(\"backward\", backward);\n}\n")
+    (cuda / "wkv_cuda.cu").write_text("// kernel\n")
+    build = tmp_path / "build"
+    build.mkdir()
+    (op, cu), found = bench.RWKVLMKernel.sources(str(tmp_path / "RWKV-LM"), "fp32", str(build))
+    text = open(op).read()
+    assert found == str(cuda)
+    assert "TORCH_LIBRARY" not in text and "PYBIND11_MODULE" in text and open(cu).read() == "// kernel\n"
+    with pytest.raises(SystemExit, match="no wkv_cuda_bf16.cu"):
+        bench.RWKVLMKernel.sources(str(tmp_path / "RWKV-LM"), "bf16", str(build))
+    with pytest.raises(SystemExit, match="needs --device cuda"):
+        bench.main(["--shapes", "1x8x4", "--rwkv-lm", str(tmp_path)])

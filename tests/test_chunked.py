@@ -243,3 +243,18 @@ def test_plan_settings():
         rwkv_wkv.cuda_chunk_length("auto")
     # fewer SMs: fewer threads wanted, longer chunks
     assert rwkv_wkv.cuda_plan(8, 4096, 512, sms=8) > rwkv_wkv.cuda_plan(8, 4096, 512, sms=132)
+
+
+def test_gpu_workload_script_runs_on_the_emulation():
+    """scripts/gpu_workload.py (what compute-sanitizer runs on a GPU) is itself correct."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_workload.py"
+    spec = importlib.util.spec_from_file_location("gpu_workload", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    try:
+        mod.main(emulate=True)
+    finally:
+        reset_backend()
