@@ -43,6 +43,7 @@ class RWKVConfig:
     dim_ffn: int | None = None  # default 4 * n_embd
     l2wrap: bool = True  # RWKV-LM's L2Wrap: a small gradient pulling the largest logit down
     l2wrap_factor: float = 1e-4
+    layer_norm_eps: float = 1e-5  # the blocks' LayerNorm epsilon (Hugging Face: layer_norm_epsilon)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_embd", "ctx_len"):
@@ -53,6 +54,8 @@ class RWKVConfig:
             self.dim_ffn = 4 * self.n_embd
         if not isinstance(self.dim_ffn, int) or self.dim_ffn < 1:
             raise ValueError(f"RWKVConfig.dim_ffn must be a positive integer, got {self.dim_ffn!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"RWKVConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
 
 
 class L2Wrap(torch.autograd.Function):
@@ -135,11 +138,11 @@ class ChannelMix(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: RWKVConfig, layer_id: int):
         super().__init__()
-        C = config.n_embd
+        C, eps = config.n_embd, config.layer_norm_eps
         if layer_id == 0:
-            self.ln0 = nn.LayerNorm(C)
-        self.ln1 = nn.LayerNorm(C)
-        self.ln2 = nn.LayerNorm(C)
+            self.ln0 = nn.LayerNorm(C, eps=eps)
+        self.ln1 = nn.LayerNorm(C, eps=eps)
+        self.ln2 = nn.LayerNorm(C, eps=eps)
         self.att = TimeMix(config, layer_id)
         self.ffn = ChannelMix(config, layer_id)
 
@@ -159,6 +162,28 @@ class Block(nn.Module):
         )
         return x, new_state
 
+    def step_into(self, x, state, out):
+        """One token (x: (B, C)) from this layer's state (B, 5, C) into `out` (B, 5, C), which
+        may be `state` itself (in place, for inference). One WKV call, no concatenation."""
+        if hasattr(self, "ln0"):
+            x = self.ln0(x)
+        att, ffn = self.att, self.ffn
+        xa = self.ln1(x)
+        prev = state[:, 0].to(xa.dtype)
+        k = att.key(torch.lerp(prev, xa, att.time_mix_k[0, 0]))
+        v = att.value(torch.lerp(prev, xa, att.time_mix_v[0, 0]))
+        r = att.receptance(torch.lerp(prev, xa, att.time_mix_r[0, 0]))
+        y, wkv_new = wkv_with_state(att.time_decay, att.time_first, k[:, None], v[:, None], state[:, 1:4])
+        out[:, 1:4].copy_(wkv_new)
+        out[:, 0].copy_(xa)
+        x = x + att.output(torch.sigmoid(r) * y[:, 0].to(r.dtype))
+        xf = self.ln2(x)
+        prev = state[:, 4].to(xf.dtype)
+        kf = torch.square(torch.relu(ffn.key(torch.lerp(prev, xf, ffn.time_mix_k[0, 0]))))
+        rf = torch.sigmoid(ffn.receptance(torch.lerp(prev, xf, ffn.time_mix_r[0, 0])))
+        out[:, 4].copy_(xf)
+        return x + rf * ffn.value(kf)
+
 
 class RWKV(nn.Module):
     def __init__(self, config: RWKVConfig):
@@ -166,7 +191,7 @@ class RWKV(nn.Module):
         self.config = config
         self.emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_out = nn.LayerNorm(config.n_embd)
+        self.ln_out = nn.LayerNorm(config.n_embd)  # eps 1e-5 always, as in RWKV-LM and transformers
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.reset_parameters()
 
@@ -191,9 +216,11 @@ class RWKV(nn.Module):
                 nn.init.orthogonal_(p, gain=math.sqrt(p.shape[0] / p.shape[1]) if p.shape[0] > p.shape[1] else 1.0)
 
     # ---- GPT mode ----------------------------------------------------------------------------
-    def forward(self, idx, targets=None, state=None, return_state=False):
+    def forward(self, idx, targets=None, state=None, return_state=False, last_only=False):
         """idx: (B, T) token ids. Returns (logits (B, T, vocab), loss or None), and with
         ``return_state`` also the state after the last token, (B, n_layer, 5, C).
+        ``last_only``: logits of the last position only, (B, 1, vocab) — what generation needs
+        after a prompt (the head is the largest matrix; no loss then).
 
         ``state`` continues from an earlier segment; gradients flow through it, so training
         on consecutive segments with the state carried (not detached) gives the gradients of
@@ -212,6 +239,10 @@ class RWKV(nn.Module):
         for i, block in enumerate(self.blocks):
             x, s = block(x, None if state is None else state[:, i])
             new_states.append(s)
+        if last_only:
+            if targets is not None:
+                raise ValueError("last_only=True gives no loss: pass targets=None")
+            x = x[:, -1:]
         logits = self.head(self.ln_out(x))
         loss = None
         if targets is not None:
@@ -236,32 +267,74 @@ class RWKV(nn.Module):
 
     def step(self, tokens, state):
         """One token per batch row: tokens (B,) -> (logits (B, vocab), new state). O(1) in the
-        sequence length: the same blocks on a length-1 segment continuing from `state`."""
-        logits, _, state = self.forward(tokens.view(-1, 1), state=state, return_state=True)
-        return logits[:, -1], state
+        sequence length; `state` is not modified (see step_ for the in-place form)."""
+        out = torch.empty_like(state)
+        return self._step_into(tokens, state, out), out
+
+    def step_(self, tokens, state):
+        """As step, updating `state` in place (inference: under no_grad); returns the logits."""
+        return self._step_into(tokens, state, state)
+
+    def _step_into(self, tokens, state, out):
+        x = self.emb(tokens.view(-1))
+        for i, block in enumerate(self.blocks):
+            x = block.step_into(x, state[:, i], out[:, i])
+        return self.head(self.ln_out(x))
 
     @torch.no_grad()
-    def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None):
-        """Samples continuations. prompt_ids: (B, T) or (T,) ids (T >= 1). The prompt runs in
-        GPT mode (one call), then each new token costs one RNN step. Returns (B, T + new)."""
+    def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
+                 cuda_graph=True, stream=None):
+        """Samples continuations. prompt_ids: (B, T) or (T,) ids (T >= 1; B prompts of one
+        length). The prompt runs in GPT mode (one call, logits of its last position only), then
+        each new token costs one RNN step, updating one state tensor in place; on CUDA that step
+        is captured once as a CUDA graph and replayed (``cuda_graph=False`` to run it eagerly).
+        ``stream``: called with each new (B,) tensor of ids as it is sampled. Returns (B, T + new)."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         idx = torch.as_tensor(prompt_ids, device=self.emb.weight.device)
         squeeze = idx.dim() == 1
         idx = idx.view(1, -1) if squeeze else idx
-        if idx.shape[1] < 1:
-            raise ValueError("the prompt must hold at least one token")
+        if idx.dim() != 2 or idx.shape[1] < 1:
+            raise ValueError("the prompt must hold at least one token, as (T,) or (B, T) ids")
         gen = torch.Generator(device=idx.device)
         gen.manual_seed(seed if seed is not None else torch.seed())
-        logits, _, state = self.forward(idx, state=None, return_state=True)
+        logits, _, state = self.forward(idx, state=None, return_state=True, last_only=True)
         logits = logits[:, -1]
+        step = self._graphed_step(state) if cuda_graph and idx.device.type == "cuda" else None
         out = [idx]
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             nxt = sample(logits.float(), temperature, top_k, top_p, gen)
             out.append(nxt[:, None])
-            logits, state = self.step(nxt, state)
+            if stream is not None:
+                stream(nxt)
+            if i + 1 == max_new_tokens:
+                break
+            logits = step(nxt) if step is not None else self.step_(nxt, state)
         result = torch.cat(out, dim=1)
         return result[0] if squeeze else result
+
+    def _graphed_step(self, state):
+        """The in-place step on `state` captured as a CUDA graph: returns step(tokens) -> logits
+        (a static buffer, overwritten by the next call)."""
+        tokens = torch.zeros(state.shape[0], dtype=torch.long, device=state.device)
+        saved = state.clone()
+        side = torch.cuda.Stream(device=state.device)
+        side.wait_stream(torch.cuda.current_stream(state.device))
+        with torch.cuda.stream(side):  # warm up (allocator, lazy initialisation) off the main stream
+            for _ in range(2):
+                self.step_(tokens, state)
+        torch.cuda.current_stream(state.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self.step_(tokens, state)
+        state.copy_(saved)  # warm-up and capture advanced it (capture itself runs nothing)
+
+        def step(nxt):
+            tokens.copy_(nxt)
+            graph.replay()
+            return logits
+
+        return step
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self, learning_rate, weight_decay=0.0, betas=(0.9, 0.99), eps=1e-8,
@@ -302,9 +375,26 @@ class RWKV(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu", ctx_len=None):
-        """Loads an RWKV-LM v4 ``.pth`` (a bare state dict) or one of our trainer checkpoints
-        (a dict with "model" and "config")."""
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        """Loads any supported checkpoint: a Hugging Face RWKV directory (save_pretrained's
+        config.json + safetensors or .bin), an RWKV-LM v4 ``.pth`` (a bare state dict), or one
+        of our trainer checkpoints (a dict with "model" and "config")."""
+        from . import hf
+
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        if os.path.isdir(path):
+            if not hf.is_hf_directory(path):
+                raise ValueError(f"{path}: a directory, but not a Hugging Face RWKV checkpoint "
+                                 f"(no {hf.CONFIG} with model_type 'rwkv')")
+            config, sd = hf.load_hf(path, ctx_len)
+            model = cls(config)
+            model.load_state_dict(sd, strict=True)
+            return model.to(map_location)
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
         if isinstance(obj, dict) and "model" in obj and "config" in obj:
             cfg = dict(obj["config"])
             if ctx_len is not None:
@@ -318,6 +408,13 @@ class RWKV(nn.Module):
         model = cls(config)
         model.load_state_dict(obj, strict=True)
         return model
+
+    def save_hf(self, directory):
+        """Writes a Hugging Face directory (config.json + model.safetensors) that transformers'
+        RwkvForCausalLM.from_pretrained loads."""
+        from . import hf
+
+        hf.save_hf(self, directory)
 
     def save_rwkv_lm(self, path):
         """Saves the bare state dict (RWKV-LM v4 format: same keys and shapes), atomically."""
