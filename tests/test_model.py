@@ -222,3 +222,75 @@ def test_model_compiles_fullgraph():
     torch.testing.assert_close(clogits, logits, rtol=1e-5, atol=1e-5)
     for p, g in zip(model.parameters(), ref):
         torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-4)
+
+
+def _random_model(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    model = RWKV(RWKVConfig(vocab_size=61, n_layer=3, n_embd=24, ctx_len=64, dim_ffn=40)).to(dtype).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * 0.4)
+    return model
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_lean_step_equals_gpt_mode_step(B):
+    """The in-place single-token step (one WKV call per layer, no concatenation) gives the
+    logits and state of a length-1 GPT-mode call, and step() leaves its input state alone."""
+    model = _random_model()
+    idx = torch.randint(0, 61, (B, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, _, state = model(idx[:, :8], return_state=True)
+        ref_logits, _, ref_state = model(idx[:, 8:], state=state, return_state=True)
+        before = state.clone()
+        logits, new_state = model.step(idx[:, 8], state)
+        assert torch.equal(state, before)
+        torch.testing.assert_close(logits, ref_logits[:, 0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(new_state, ref_state, rtol=1e-5, atol=1e-5)
+        inplace = state.clone()
+        logits2 = model.step_(idx[:, 8], inplace)
+        torch.testing.assert_close(logits2, logits, rtol=0, atol=0)
+        torch.testing.assert_close(inplace, new_state, rtol=0, atol=0)
+
+
+def test_step_is_differentiable():
+    model = _random_model(dtype=torch.float64).train()
+    state = model.init_state(2).requires_grad_()
+    logits, new_state = model.step(torch.tensor([3, 5]), state)
+    (logits.sum() + new_state[:, :, :3].sum()).backward()
+    assert state.grad is not None and torch.isfinite(state.grad).all()
+
+
+def test_last_only_prefill():
+    model = _random_model()
+    idx = torch.randint(0, 61, (2, 17), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full, _, s1 = model(idx, return_state=True)
+        last, _, s2 = model(idx, return_state=True, last_only=True)
+    assert last.shape == (2, 1, 61)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)  # another GEMM shape
+    torch.testing.assert_close(s1, s2, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="last_only"):
+        model(idx, targets=idx, last_only=True)
+
+
+@pytest.mark.parametrize("B", [1, 2])
+def test_greedy_generation_matches_full_recompute(B):
+    """Greedy tokens equal those of re-running the whole sequence in GPT mode at every step;
+    batched prompts (B > 1, one length) generate independently."""
+    model = _random_model(3)
+    prompt = torch.randint(0, 61, (B, 5), generator=torch.Generator().manual_seed(3))
+    streamed = []
+    out = model.generate(prompt, 12, temperature=0, stream=lambda t: streamed.append(t.clone()))
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(12):
+            logits, _ = model(seq)
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+    assert torch.equal(torch.stack(streamed, 1), out[:, 5:])
+    if B == 2:
+        single = model.generate(prompt[1], 12, temperature=0)
+        assert torch.equal(single, out[1])
