@@ -294,3 +294,20 @@ def test_greedy_generation_matches_full_recompute(B):
     if B == 2:
         single = model.generate(prompt[1], 12, temperature=0)
         assert torch.equal(single, out[1])
+
+
+def test_inference_layout_changes_nothing_but_strides():
+    model = _random_model(4)
+    idx = torch.randint(0, 61, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref, _ = model(idx)
+        sd = {k: v.clone() for k, v in model.state_dict().items()}
+        model.to_inference_layout()
+        got, _ = model(idx)
+    assert not model.head.weight.is_contiguous() and model.head.weight.t().is_contiguous()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    loss = model(idx[:, :-1], idx[:, 1:])[1]
+    loss.backward()  # training still works
+    assert model.head.weight.grad.shape == model.head.weight.shape
