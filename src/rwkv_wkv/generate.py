@@ -1,0 +1,167 @@
+"""Generate text from an RWKV-4 checkpoint, streaming it as it is produced.
+
+    python -m rwkv_wkv.generate out/enwik8/model.pth --prompt "The " --tokenizer bytes
+    python -m rwkv_wkv.generate path/to/rwkv-4-169m-hf --prompt "The Eiffel tower is"
+    python -m rwkv_wkv.generate RWKV-4-Pile-169M.pth --tokenizer 20B_tokenizer.json --prompt "Hi"
+
+CHECKPOINT: a Hugging Face RWKV directory (its tokenizer.json is used unless --tokenizer says
+otherwise), an RWKV-LM .pth, or this package's trainer checkpoint. --tokenizer: "bytes" (the
+byte-level models this package trains) or a tokenizer.json for the `tokenizers` library (e.g.
+the 20B tokenizer of RWKV-4 Pile models). Ends with the prompt's and the generation's tokens/s
+on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import os
+import sys
+import time
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit status 2."""
+
+
+class ByteTokenizer:
+    vocab_size = 256
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def stream_decoder(self):
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        return lambda ids: decoder.decode(bytes(ids))
+
+
+class JsonTokenizer:
+    """A `tokenizers` tokenizer.json. Streaming decodes the whole generation each time and emits
+    what is new, holding back an incomplete multi-byte character (shown as U+FFFD)."""
+
+    def __init__(self, path):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            raise CliError("a tokenizer.json needs the tokenizers package: pip install 'rwkv_wkv[hf]'") from e
+        try:
+            self.tok = Tokenizer.from_file(path)
+        except Exception as e:
+            raise CliError(f"{path}: not a readable tokenizer.json ({e})") from e
+        self.vocab_size = self.tok.get_vocab_size()
+
+    def encode(self, text):
+        return self.tok.encode(text).ids
+
+    def stream_decoder(self):
+        ids, shown = [], 0
+
+        def feed(new_ids):
+            nonlocal shown
+            ids.extend(new_ids)
+            text = self.tok.decode(ids)
+            if text.endswith("\ufffd"):
+                return ""
+            out, shown = text[shown:], len(text)
+            return out
+
+        return feed
+
+
+def pick_tokenizer(spec, checkpoint, vocab_size):
+    from .hf import is_hf_directory
+
+    if spec is None:
+        if os.path.isdir(checkpoint) and is_hf_directory(checkpoint) and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
+            spec = os.path.join(checkpoint, "tokenizer.json")
+        elif vocab_size == 256:
+            spec = "bytes"
+        else:
+            raise CliError(f"this model has a vocabulary of {vocab_size}: give its tokenizer with "
+                           f"--tokenizer PATH/tokenizer.json (or --tokenizer bytes for a byte-level model)")
+    if spec == "bytes":
+        tok = ByteTokenizer()
+    elif os.path.isfile(spec):
+        tok = JsonTokenizer(spec)
+    else:
+        raise CliError(f"--tokenizer: {spec!r} is neither 'bytes' nor a tokenizer.json file")
+    if tok.vocab_size > vocab_size:
+        raise CliError(f"the tokenizer has {tok.vocab_size} tokens but the model only {vocab_size}: "
+                       f"they do not belong together")
+    return tok
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m rwkv_wkv.generate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("checkpoint", help="Hugging Face RWKV directory, RWKV-LM .pth, or trainer checkpoint")
+    p.add_argument("--prompt", required=True, help="the text to continue")
+    p.add_argument("--tokenizer", default=None, help="'bytes' or a tokenizer.json (default: the checkpoint's own, or bytes for vocab 256)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=0.85, help="nucleus sampling mass (default 0.85; 1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="weights' dtype (default fp32)")
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args):
+    from .model import RWKV
+
+    if args.max_new_tokens < 1:
+        raise CliError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.prompt:
+        raise CliError("--prompt is empty: give some text to continue")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda, but no GPU is available")
+    try:
+        model = RWKV.from_checkpoint(args.checkpoint)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise CliError(str(e)) from e
+    tok = pick_tokenizer(args.tokenizer, args.checkpoint, model.config.vocab_size)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise CliError("the prompt encodes to no tokens")
+    model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
+    if device.type == "cpu":
+        model.to_inference_layout()
+    print(f"# {args.checkpoint}: L{model.config.n_layer}-d{model.config.n_embd}, vocab {model.config.vocab_size}, "
+          f"{model.num_params() / 1e6:.1f}M parameters, {device.type} {args.dtype}; prompt {len(ids)} tokens",
+          file=sys.stderr, flush=True)
+    decode = tok.stream_decoder()
+    times = []
+
+    def show(new_ids):
+        times.append(time.perf_counter())
+        sys.stdout.write(decode(new_ids.tolist()))
+        sys.stdout.flush()
+
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    t0 = time.perf_counter()
+    model.generate(torch.tensor(ids), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed, stream=show)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    prompt_s = times[0] - t0
+    gen_s = times[-1] - times[0]
+    rate = f"{(len(times) - 1) / gen_s:.1f} tokens/s" if len(times) > 1 and gen_s > 0 else "-"
+    print(f"# prompt: {len(ids)} tokens in {prompt_s:.3f} s ({len(ids) / prompt_s:.1f} tokens/s, first token "
+          f"included); generation: {len(times)} tokens, {rate}", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
