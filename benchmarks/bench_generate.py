@@ -82,7 +82,10 @@ def load_chatrwkv(path, device):
         from rwkv.model import RWKV as ChatRWKV
     except ImportError:
         return None
-    return ChatRWKV(model=path[: -len(".pth")], strategy=f"{device.type} fp32")
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # it prints its whole weight table
+        return ChatRWKV(model=path[: -len(".pth")], strategy=f"{device.type} fp32")
 
 
 def bench_shape(n_layer, n_embd, device, prefill, tokens, repeats, use_chatrwkv):
@@ -107,6 +110,8 @@ def bench_shape(n_layer, n_embd, device, prefill, tokens, repeats, use_chatrwkv)
             ref, _ = theirs.forward(prompt[0].tolist(), None)
             rec["max_rel_diff_vs_chatrwkv"] = ((logits[0, -1].float().cpu() - ref.float().cpu()).abs().max()
                                               / ref.float().abs().max()).item()
+            if not rec["max_rel_diff_vs_chatrwkv"] < 1e-3:
+                raise SystemExit(f"ours and ChatRWKV disagree at {rec['shape']}: {rec['max_rel_diff_vs_chatrwkv']:.3g}")
         rec["ours_prefill_s"] = timed(lambda: model(ids, return_state=True, last_only=True), device, repeats)
         tok = torch.tensor([5], device=device)
         st = state.clone()
@@ -159,6 +164,10 @@ def main(argv=None):
     for s in tqdm(args.shapes.split(","), desc="bench_generate", file=sys.stderr):
         records.append(bench_shape(*parse_shape(s), device, args.prefill, args.tokens, args.repeats, not args.no_chatrwkv))
     print(format_table(records))
+    for r in records:
+        if "max_rel_diff_vs_chatrwkv" in r:
+            print(f"- {r['shape']}: last prefill logits, ours vs ChatRWKV: max |diff| / max |logit| = "
+                  f"{r['max_rel_diff_vs_chatrwkv']:.1e} (validated before timing)")
     if not any("chatrwkv_token_ms" in r for r in records) and not args.no_chatrwkv:
         print("- ChatRWKV's rwkv package is not installed (pip install rwkv): ours only")
     if args.json:

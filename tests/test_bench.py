@@ -55,3 +55,14 @@ def test_rwkv_lm_sources_found_and_namespace_dropped(tmp_path):
         bench.RWKVLMKernel.sources(str(tmp_path / "RWKV-LM"), "bf16", str(build))
     with pytest.raises(SystemExit, match="needs --device cuda"):
         bench.main(["--shapes", "1x8x4", "--rwkv-lm", str(tmp_path)])
+
+
+def test_bench_generate_runs(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_generate", ROOT / "benchmarks" / "bench_generate.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "g.json"
+    bench.main(["--shapes", "L1-d16", "--prefill", "8", "--tokens", "3", "--repeats", "1", "--no-chatrwkv", "--json", str(out)])
+    (rec,) = json.loads(out.read_text())
+    assert rec["shape"] == "L1-d16" and rec["ours_token_ms"] > 0 and rec["ours_prefill_s"] > 0 and rec["floor_token_ms"] > 0
+    assert "| L1-d16" in capsys.readouterr().out
