@@ -104,22 +104,24 @@ def test_legacy_backward_accumulates_on_emulation():
     """RWKV-LM's contract: gw, gu are (B, C) and accumulated into (the reduce pass's += mode)."""
     B, T, C = 2, 70, 9
     td, tf, k, v = [x.float() for x in make_inputs(B, T, C, seed=5)]
-    gy = torch.randn(B, T, C)
+    gy = torch.randn(B, T, C, generator=torch.Generator().manual_seed(5))
     w = -torch.exp(td)
 
     def grads(isa):
         rwkv_wkv.cpu_isa(isa)
         rwkv_wkv.cuda_chunk_length(32)
         try:
-            gw, gu = torch.ones(B, C), torch.ones(B, C)
+            gw, gu = torch.ones(B, C), torch.ones(B, C)  # accumulated into: the result includes the 1
             gk, gv = torch.empty_like(k), torch.empty_like(k)
             torch.ops.wkv.backward(B, T, C, w, tf, k, v, gy, gw, gu, gk, gv)
             return gw, gu, gk, gv
         finally:
             reset_backend()
 
-    for a, b in zip(grads("cuda_emulation"), grads("scalar")):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b, name in zip(grads("cuda_emulation"), grads("scalar"), ["gw", "gu", "gk", "gv"]):
+        # float32 sums in another order (per chunk, then over chunks): relative to the largest
+        err = (a - b).abs().max().item()
+        assert err <= 1e-5 * b.abs().max().item(), f"{name}: {err:.3g}"
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
