@@ -4,7 +4,8 @@
 #   32- and 96-step chunks); compute-sanitizer memcheck and initcheck on a workload through
 #   every pass (scripts/gpu_workload.py); RWKV-LM's kernel side by side (compare.py from
 #   ../shared/tools/rwkvlm_reference when that folder exists, its compare.json copied to
-#   benchmarks/gpu/compare_<gpu>.json); the benchmark, fp32 and bf16.
+#   benchmarks/gpu/compare_<gpu>.json); the benchmark, fp32 and bf16; generation speed (the
+#   CUDA-graph step; target <= 2 ms per token at L12-d512).
 # Logs and JSON go to $OUT (or ./gpu_check_out). Usage: bash scripts/gpu_check.sh [quick]
 #   quick: skip the test suite and the sanitizers (a rerun for timings only).
 set -uo pipefail
@@ -70,6 +71,13 @@ $PY benchmarks/bench_wkv.py --device cuda --dtype bf16 --quick "${RWKVLM_ARG[@]}
 status[bench_bf16]=$?
 cat "$OUT/bench_fp32.md" "$OUT/bench_bf16.md"
 tail -3 "$OUT/bench_fp32.err" "$OUT/bench_bf16.err"
+
+stamp "generation benchmark"
+$PY benchmarks/bench_generate.py --device cuda --shapes L12-d512,L12-d768 --json "$OUT/generate_cuda.json" \
+  > "$OUT/generate_cuda.md" 2> "$OUT/generate_cuda.err"
+status[bench_generate]=$?
+cat "$OUT/generate_cuda.md"
+tail -3 "$OUT/generate_cuda.err"
 
 stamp "summary"
 for k in "${!status[@]}"; do echo "$k: ${status[$k]}"; done | sort
