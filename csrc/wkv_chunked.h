@@ -278,7 +278,6 @@ WKV_HD void walk_chunk(const ScanArgs<TIn, S>& a, int64_t b, int64_t j, int64_t 
     const LaneState<S> after = recompute_segment(a, b, c, w, s0, n, ta, tb, tp);
     if (seed_at_end && s0 + n == a.T) seed_walk(a, b, c, after, g);
     reverse_segment<write, track>(a, b, c, w, u, s0, n, ta, tb, tp, g);
-    if (s0 == t0) break;  // (s0 is signed, but keep the loop obviously finite)
   }
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the CPU kernels with AddressSanitizer + UndefinedBehaviorSanitizer in a separate
-# virtualenv and runs the op tests under them (the bad-input table and the fuzz short profile
-# included). Any sanitizer report fails the run (halt_on_error / abort_on_error) and is
+# virtualenv and runs the op tests under them (the bad-input table, the fuzz short profile and
+# the CUDA kernels' CPU emulation included). Any sanitizer report fails the run (halt_on_error /
+# abort_on_error) and is
 # printed (pytest captures only sys-level output here, so the report reaches the terminal).
 #   bash scripts/sanitize.sh            # ~2 minutes on 2 cores (once its virtualenv exists)
 set -euo pipefail
@@ -24,5 +25,5 @@ import rwkv_wkv
 print("sanitized build:", rwkv_wkv.build_info())
 PY
 python -m pytest -q -p no:cacheprovider --capture=sys tests/test_ops.py tests/test_bad_input.py tests/test_fuzz.py \
-  tests/test_autograd.py tests/test_rwkv_lm_compat.py "$@"
+  tests/test_autograd.py tests/test_rwkv_lm_compat.py tests/test_chunked.py "$@"
 echo "sanitizers: clean"
