@@ -141,6 +141,20 @@ def test_fuzz_nan_propagates_only_where_the_math_says(c, data):
         reset_backend()
 
 
+def _host_decay(td):
+    """-exp(td) computed as the CUDA kernels' host code does: the C library's expf / exp."""
+    import ctypes
+    import ctypes.util
+    import math as pymath
+
+    if td.dtype == torch.float64:
+        return -torch.tensor([pymath.exp(x) for x in td.tolist()], dtype=torch.float64)
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libm.expf.restype = ctypes.c_float
+    libm.expf.argtypes = [ctypes.c_float]
+    return -torch.tensor([libm.expf(x) for x in td.tolist()], dtype=torch.float32)
+
+
 @PROFILE
 @given(cases(allow_state=False))
 def test_fuzz_functional_and_seed_ops_agree(c):
@@ -155,7 +169,10 @@ def test_fuzz_functional_and_seed_ops_agree(c):
         math = torch.float64 if k.dtype == torch.float64 else torch.float32
         gy = torch.randn(B, T, C, generator=torch.Generator().manual_seed(c["seed"] + 1)).to(dev, k.dtype)
         y1, _, _ = torch.ops.wkv.wkv_forward(td, tf, k, v, None)
-        w = -torch.exp(td.to(math))
+        # The functional door forms w = -exp(time_decay) inside the kernel: the SIMD CPU kernels
+        # with torch.exp, the CUDA kernels with the C library's exp (on the CPU emulation glibc's,
+        # reproduced exactly here; on a GPU the device's, which torch.exp on CUDA also calls).
+        w = _host_decay(td.to(math)) if c["backend"] in EMULATED else -torch.exp(td.to(math))
         y2 = torch.empty_like(k)
         torch.ops.wkv.forward(B, T, C, w, tf.to(math), k, v, y2)
         g_td, g_tf, gk1, gv1, _ = torch.ops.wkv.wkv_backward(td, tf, k, v, None, gy, None)
@@ -163,16 +180,15 @@ def test_fuzz_functional_and_seed_ops_agree(c):
         gk2, gv2 = torch.empty_like(k), torch.empty_like(k)
         torch.ops.wkv.backward(B, T, C, w, tf.to(math), k, v, gy, gw, gu, gk2, gv2)
         param_tol = dict(rtol=1e-6, atol=1e-6)
-        if c["backend"] in EMULATED or c["backend"].startswith("cuda"):
-            # The CUDA kernels form w = -exp(time_decay) themselves for the functional op (two
-            # launches fewer), with the device's expf rather than torch.exp: w may differ by an
-            # ulp from the w given to the RWKV-LM door, so the doors agree to that rounding
-            # (for 16-bit outputs: to one ulp of the output).
+        if c["backend"].startswith("cuda"):
+            # torch.exp and the kernel's expf should be the same device function; in case they
+            # differ by an ulp of w, the doors agree to that rounding (one ulp for 16-bit outputs;
+            # the decay's gradient is the most sensitive: extreme inputs amplify it).
             rtol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}[k.dtype]
             tol = dict(rtol=rtol, atol=1e-12 if math == torch.float64 else 1e-6)
             for a, b in ((y1, y2), (gk1, gk2), (gv1, gv2)):
                 torch.testing.assert_close(a.to(math), b.to(math), **tol, equal_nan=True)
-            param_tol = dict(rtol=1e-5, atol=1e-6) if math == torch.float32 else param_tol
+            param_tol = dict(rtol=1e-4, atol=1e-6) if math == torch.float32 else param_tol
         else:
             assert torch.equal(y1, y2)
             assert torch.equal(gk1, gk2) and torch.equal(gv1, gv2)
