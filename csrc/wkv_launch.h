@@ -37,7 +37,6 @@ std::string set_cpu_isa(const std::string& isa);  // "auto", "avx512", "avx2", "
 // The CUDA kernels' chunk length: 0 = chosen per call (plan_chunk), -1 = one chunk (serial),
 // else that length rounded up to a multiple of kCheckpointSteps. Also used by the emulation.
 int64_t chunk_setting();
-int64_t set_chunk_setting(int64_t length);
 // The CUDA kernels run on the CPU (csrc/cpu/wkv_emulate.cpp), planned for `sms` multiprocessors.
 void forward_emulated(const Launch& a);
 void backward_emulated(const Launch& a);

@@ -353,7 +353,6 @@ std::string build_info() {
 }  // namespace
 
 int64_t chunk_setting() { return chunk_setting_ref().load(); }
-int64_t set_chunk_setting(int64_t length) { return cuda_chunk_op(length); }
 
 namespace {
 

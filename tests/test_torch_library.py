@@ -38,6 +38,19 @@ def test_opcheck_wkv_backward(device, dtype):
     torch.library.opcheck(torch.ops.wkv.wkv_backward.default, (td, tf, k, v, None, gy, None))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_opcheck_with_checkpoints(device, dtype):
+    """The forward that saves checkpoints (autograd then passes them to the backward) and the
+    backward that takes them."""
+    td, tf, k, v = _inputs(device, dtype, T=70, requires_grad=True)
+    torch.library.opcheck(torch.ops.wkv.wkv_forward.default, (td, tf, k, v, None, True))
+    y, s, ck = torch.ops.wkv.wkv_forward(*[x.detach() for x in (td, tf, k, v)], None, True)
+    assert ck.shape == (2, 3, 3, 5)
+    gy, gs = torch.randn_like(y), torch.randn_like(s)
+    args = [x.detach() for x in (td, tf, k, v)]
+    torch.library.opcheck(torch.ops.wkv.wkv_backward.default, (*args, s, gy, gs, ck))
+
+
 def test_opcheck_legacy_ops(device):
     td, tf, k, v = _inputs(device)
     B, T, C = k.shape
