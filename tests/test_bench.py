@@ -66,3 +66,25 @@ def test_bench_generate_runs(tmp_path, capsys):
     (rec,) = json.loads(out.read_text())
     assert rec["shape"] == "L1-d16" and rec["ours_token_ms"] > 0 and rec["ours_prefill_s"] > 0 and rec["floor_token_ms"] > 0
     assert "| L1-d16" in capsys.readouterr().out
+
+
+def test_gpu_table_format():
+    """The CUDA table (formatted here from synthetic records, as no GPU is needed to check it):
+    kernel rows name their plan, RWKV-LM gets a ratio column, the memory floor's ratio shows only
+    where it binds."""
+    bench = _load_bench()
+    rec = lambda impl, f, fb, **kw: {"shape": [1, 1024, 512], "device": "cuda", "dtype": "fp32", "impl": impl,  # noqa: E731
+                                     "fwd_ms": f, "fwdbwd_ms": fb, **kw}
+    records = [
+        rec("kernel", 0.03, 0.1, chunk=32),
+        rec("rwkv-lm", 0.09, 0.3),
+        rec("serial", 0.08, 0.2),
+        rec("floor", 0.005, 0.08, mem_fwd_ms=0.005, mem_fwdbwd_ms=0.08),
+    ]
+    table = bench.format_table(records)
+    assert "vs RWKV-LM" in table
+    kernel = next(line for line in table.splitlines() if "kernel (chunk 32)" in line)
+    assert "3.00x / 3.00x" in kernel and "latency-bound / 1.25" in kernel
+    assert "floor (mem)" in table
+    serial = next(line for line in table.splitlines() if "| serial |" in line)
+    assert "1.12x / 1.50x" in serial
