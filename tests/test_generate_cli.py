@@ -102,3 +102,35 @@ def test_clear_errors(tmp_path, capsys, case, message):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_16bit_weights(tmp_path, capsys, dtype):
+    """--dtype bf16/fp16 casts the weights; time_decay / time_first reach the op as float32."""
+    model, path = _byte_model(tmp_path)
+    assert main([path, "--prompt", "hello", "--max-new-tokens", "8", "--temperature", "0", "--dtype", dtype]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hello") and len(out) > len("hello\n")
+
+
+def test_streaming_decoder_holds_back_partial_characters():
+    """A byte-level BPE splits multi-byte characters across tokens: the stream never shows a
+    half character, and what it shows adds up to the full decode."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    from rwkv_wkv.generate import JsonTokenizer
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = "héllo wörld ✓ naïve café 日本語 " * 20
+    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    wrapped = JsonTokenizer.__new__(JsonTokenizer)
+    wrapped.tok, wrapped.vocab_size = tok, tok.get_vocab_size()
+    ids = wrapped.encode("日本語 ✓ wörld")
+    feed = wrapped.stream_decoder()
+    pieces = [feed([i]) for i in ids]
+    assert "".join(pieces) == tok.decode(ids) == "日本語 ✓ wörld"
+    assert not any("\ufffd" in p for p in pieces)
+    assert "" in pieces  # some token ended inside a character and was held back

@@ -104,6 +104,14 @@ class TimeMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
 
+    def wkv_params(self):
+        """time_decay, time_first as the op takes them: float32 (or float64) even when the model
+        was cast to a 16-bit dtype (the decay's exponent needs the precision)."""
+        td, tf = self.time_decay, self.time_first
+        if td.dtype not in (torch.float32, torch.float64):
+            td, tf = td.float(), tf.float()
+        return td, tf
+
     def forward(self, x, shift=None, wkv_state=None):
         """x: (B, T, C) after ln1. Returns (out, last x, new WKV state)."""
         xx = _shift(x, shift)
@@ -111,7 +119,7 @@ class TimeMix(nn.Module):
         xv = x * self.time_mix_v + xx * (1 - self.time_mix_v)
         xr = x * self.time_mix_r + xx * (1 - self.time_mix_r)
         k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
-        y, new_state = wkv_with_state(self.time_decay, self.time_first, k, v, wkv_state)
+        y, new_state = wkv_with_state(*self.wkv_params(), k, v, wkv_state)
         return self.output(torch.sigmoid(r) * y.to(r.dtype)), x[:, -1], new_state
 
 
@@ -173,7 +181,7 @@ class Block(nn.Module):
         k = att.key(torch.lerp(prev, xa, att.time_mix_k[0, 0]))
         v = att.value(torch.lerp(prev, xa, att.time_mix_v[0, 0]))
         r = att.receptance(torch.lerp(prev, xa, att.time_mix_r[0, 0]))
-        y, wkv_new = wkv_with_state(att.time_decay, att.time_first, k[:, None], v[:, None], state[:, 1:4])
+        y, wkv_new = wkv_with_state(*att.wkv_params(), k[:, None], v[:, None], state[:, 1:4])
         out[:, 1:4].copy_(wkv_new)
         out[:, 0].copy_(xa)
         x = x + att.output(torch.sigmoid(r) * y[:, 0].to(r.dtype))
