@@ -26,12 +26,18 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "wkv.h"
 
 namespace wkv {
 
 constexpr int kSeg = kCheckpointSteps;
+
+// The inner loops take their sequences as __restrict__ parameters: then (also after inlining)
+// the compiler may load step t+1's k, v before storing step t's output, which it must not
+// assume for plain pointers that could alias.
+#define WKV_RESTRICT __restrict__
 
 template <class S>
 struct LaneState {
@@ -96,9 +102,20 @@ WKV_HD S decay_of(const ScanArgs<TIn, S>& a, int64_t c) {
   return a.w_is_log ? -wkv_exp(a.w[c]) : a.w[c];
 }
 
+// A read of k, v or gy: read-only for the whole kernel, so on the GPU it goes through the
+// non-coherent (read-only) path, which also lets the compiler move it ahead of stores.
 template <class TIn, class S>
 WKV_HD S load_in(const TIn* p, int64_t off) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<TIn, float> || std::is_same_v<TIn, double>) {
+    return static_cast<S>(__ldg(p + off));
+  } else {  // c10::BFloat16 / c10::Half: the 16 bits, then torch's own conversion
+    const unsigned short bits = __ldg(reinterpret_cast<const unsigned short*>(p + off));
+    return static_cast<S>(TIn(bits, TIn::from_bits()));
+  }
+#else
   return static_cast<S>(p[off]);
+#endif
 }
 
 // (b, j, c) of a per-chunk thread index.
@@ -142,22 +159,53 @@ struct FwdFold {
   }
 };
 
+constexpr int kScanGroup = 4;
+
 struct FwdScan {
   template <class TIn, class S>
   WKV_HD void run(int64_t lane, const ScanArgs<TIn, S>& a) {
     const int64_t b = lane / a.C, c = lane % a.C;
     const S w = decay_of(a, c);
     LaneState<S> s = initial_state(a, b, c);
-    for (int64_t j = 0; j < a.nchunks; ++j) {
-      const int64_t row = b * a.nchunks + j;
-      const LaneState<S> fold = load_lane_state(a.starts, row, a.C, c);
-      store_lane_state(a.starts, row, a.C, c, s);
-      const S n = S(chunk_end(a, j) - j * a.chunk);
-      combine_states(w, n, s.aa, s.bb, s.pp, fold.aa, fold.bb, fold.pp);
+    // Chunks in groups of kScanGroup: the group's folds are loaded before any is combined, so
+    // their latencies overlap instead of adding up along the chain.
+    for (int64_t j0 = 0; j0 < a.nchunks; j0 += kScanGroup) {
+      LaneState<S> fold[kScanGroup];
+      for (int q = 0; q < kScanGroup; ++q) {
+        if (j0 + q < a.nchunks) fold[q] = load_lane_state(a.starts, b * a.nchunks + j0 + q, a.C, c);
+      }
+      for (int q = 0; q < kScanGroup; ++q) {
+        const int64_t j = j0 + q;
+        if (j >= a.nchunks) break;
+        store_lane_state(a.starts, b * a.nchunks + j, a.C, c, s);
+        const S n = S(chunk_end(a, j) - j * a.chunk);
+        combine_states(w, n, s.aa, s.bb, s.pp, fold[q].aa, fold[q].bb, fold[q].pp);
+      }
     }
     if (a.state_out) store_lane_state(a.state_out, b, a.C, c, s);
   }
 };
+
+// n (<= kSeg) steps from the state s, writing y (if given); in-segment offsets are 32-bit.
+template <class TIn, class S>
+WKV_HD void emit_segment(S w, S u, const TIn* WKV_RESTRICT k, const TIn* WKV_RESTRICT v,
+                         TIn* WKV_RESTRICT y, int C, int n, LaneState<S>& s) {
+  if (y) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll 4
+#endif
+    for (int t = 0; t < n; ++t) {
+      const int o = t * C;
+      y[o] = static_cast<TIn>(forward_step(w, u, load_in<TIn, S>(k, o), load_in<TIn, S>(v, o), s.aa,
+                                           s.bb, s.pp));
+    }
+  } else {
+    for (int t = 0; t < n; ++t) {
+      const int o = t * C;
+      advance_state(w, load_in<TIn, S>(k, o), load_in<TIn, S>(v, o), s.aa, s.bb, s.pp);
+    }
+  }
+}
 
 struct FwdEmit {
   template <class TIn, class S>
@@ -171,21 +219,7 @@ struct FwdEmit {
       if (a.checkpoints) store_lane_state(a.checkpoints, l.b * a.nckpt + s0 / kSeg, a.C, l.c, s);
       const int n = static_cast<int>(t1 - s0 < kSeg ? t1 - s0 : kSeg);
       const int64_t off = (l.b * a.T + s0) * a.C + l.c;
-      const TIn* kp = a.k + off;
-      const TIn* vp = a.v + off;
-      if (a.y) {
-        TIn* yp = a.y + off;
-        for (int t = 0; t < n; ++t) {
-          const int o = t * static_cast<int>(a.C);
-          yp[o] = static_cast<TIn>(forward_step(w, u, load_in<TIn, S>(kp, o),
-                                                load_in<TIn, S>(vp, o), s.aa, s.bb, s.pp));
-        }
-      } else {
-        for (int t = 0; t < n; ++t) {
-          const int o = t * static_cast<int>(a.C);
-          advance_state(w, load_in<TIn, S>(kp, o), load_in<TIn, S>(vp, o), s.aa, s.bb, s.pp);
-        }
-      }
+      emit_segment(w, u, a.k + off, a.v + off, a.y ? a.y + off : nullptr, static_cast<int>(a.C), n, s);
     }
     if (a.state_out && a.nchunks == 1) store_lane_state(a.state_out, l.b, a.C, l.c, s);
   }
@@ -227,32 +261,39 @@ WKV_HD LaneState<S> recompute_segment(const ScanArgs<TIn, S>& a, int64_t b, int6
 
 // Walks steps s0+n-1 down to s0 with the recomputed states; writes gk, gv when `write`.
 template <bool write, bool track, class TIn, class S>
-WKV_HD void reverse_segment(const ScanArgs<TIn, S>& a, int64_t b, int64_t c, S w, S u,
-                            int64_t s0, int n, const S* ta, const S* tb, const S* tp,
-                            Walk<S>& g) {
-  const int64_t off = (b * a.T + s0) * a.C + c;
-  const TIn* kp = a.k + off;
-  const TIn* vp = a.v + off;
-  const TIn* gyp = a.gy + off;
+WKV_HD void reverse_steps(S w, S u, const TIn* WKV_RESTRICT k, const TIn* WKV_RESTRICT v,
+                          const TIn* WKV_RESTRICT gy, TIn* WKV_RESTRICT gk_out,
+                          TIn* WKV_RESTRICT gv_out, int C, int n, const S* ta, const S* tb,
+                          const S* tp, Walk<S>& g) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int t = kSeg - 1; t >= 0; --t) {
     if (t < n) {
-      const int o = t * static_cast<int>(a.C);
-      const S kt = load_in<TIn, S>(kp, o), vt = load_in<TIn, S>(vp, o);
+      const int o = t * C;
+      const S kt = load_in<TIn, S>(k, o), vt = load_in<TIn, S>(v, o);
       S f1, f2, gk, gv;
       decltype(kt >= kt) state_wins;
       wkv_max_pair(tp[t] + w, kt, f1, f2, state_wins);
-      backward_step(u, kt, vt, load_in<TIn, S>(gyp, o), ta[t], tb[t], tp[t], f1, f2, g.ga, g.gb,
+      backward_step(u, kt, vt, load_in<TIn, S>(gy, o), ta[t], tb[t], tp[t], f1, f2, g.ga, g.gb,
                     g.gcarry, g.gw, g.gu, gk, gv);
       if (track) track_chunk_map(f1, f2, g.decay, g.keep);
       if (write) {
-        a.gk[off + o] = static_cast<TIn>(gk);
-        a.gv[off + o] = static_cast<TIn>(gv);
+        gk_out[o] = static_cast<TIn>(gk);
+        gv_out[o] = static_cast<TIn>(gv);
       }
     }
   }
+}
+
+template <bool write, bool track, class TIn, class S>
+WKV_HD void reverse_segment(const ScanArgs<TIn, S>& a, int64_t b, int64_t c, S w, S u,
+                            int64_t s0, int n, const S* ta, const S* tb, const S* tp,
+                            Walk<S>& g) {
+  const int64_t off = (b * a.T + s0) * a.C + c;
+  reverse_steps<write, track>(w, u, a.k + off, a.v + off, a.gy + off,
+                              write ? a.gk + off : nullptr, write ? a.gv + off : nullptr,
+                              static_cast<int>(a.C), n, ta, tb, tp, g);
 }
 
 // The seed of the reverse pass from the gradient of the returned state (zero if none).
@@ -315,15 +356,24 @@ struct BwdScan {
     } else {
       g.ga = g.gb = g.gcarry = S(0);
     }
-    for (int64_t j = a.nchunks - 1; j >= 0; --j) {
-      const int64_t row = b * a.nchunks + j;
-      a.adjoint[at3(row, 3, 0, a.C, c)] = g.ga;
-      a.adjoint[at3(row, 3, 1, a.C, c)] = g.gb;
-      a.adjoint[at3(row, 3, 2, a.C, c)] = g.gcarry;
-      if (j == 0) break;
-      carry_adjoints(a.local[at3(row, 4, 2, a.C, c)], a.local[at3(row, 4, 3, a.C, c)],
-                     a.local[at3(row, 4, 0, a.C, c)], a.local[at3(row, 4, 1, a.C, c)], g.ga, g.gb,
-                     g.gcarry);
+    // Chunks last to first in groups (as FwdScan): loads of a group's maps first.
+    for (int64_t j0 = a.nchunks - 1; j0 >= 0; j0 -= kScanGroup) {
+      S map[kScanGroup][4];
+      for (int q = 0; q < kScanGroup; ++q) {
+        const int64_t j = j0 - q;
+        if (j < 1) break;  // chunk 0 has no map (and needs none)
+        for (int part = 0; part < 4; ++part) map[q][part] = a.local[at3(b * a.nchunks + j, 4, part, a.C, c)];
+      }
+      for (int q = 0; q < kScanGroup; ++q) {
+        const int64_t j = j0 - q;
+        if (j < 0) break;
+        const int64_t row = b * a.nchunks + j;
+        a.adjoint[at3(row, 3, 0, a.C, c)] = g.ga;
+        a.adjoint[at3(row, 3, 1, a.C, c)] = g.gb;
+        a.adjoint[at3(row, 3, 2, a.C, c)] = g.gcarry;
+        if (j == 0) break;
+        carry_adjoints(map[q][2], map[q][3], map[q][0], map[q][1], g.ga, g.gb, g.gcarry);
+      }
     }
   }
 };
