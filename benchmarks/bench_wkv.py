@@ -153,7 +153,9 @@ class RWKVLMKernel:
         if dtype not in (torch.float32, torch.bfloat16):
             raise SystemExit("--rwkv-lm: RWKV-LM's kernels take fp32 or bf16 only")
         kind = "bf16" if dtype == torch.bfloat16 else "fp32"
-        build = tempfile.mkdtemp(prefix=f"rwkvlm_{kind}_")
+        # a fixed folder: a second run reuses the JIT build (torch rebuilds only if sources change)
+        build = os.path.join(tempfile.gettempdir(), f"rwkv_wkv_bench_rwkvlm_{kind}_{t_max}")
+        os.makedirs(build, exist_ok=True)
         sources, src_dir = self.sources(root, kind, build)
         flags = ["-res-usage", "--maxrregcount 60", "--use_fast_math", "-O3", "-Xptxas -O3", f"-DTmax={t_max}"]
         print(f"# building RWKV-LM's {kind} kernel from {src_dir} (Tmax={t_max}) ...", file=sys.stderr)
