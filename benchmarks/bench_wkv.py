@@ -206,10 +206,10 @@ class RWKVLMKernel:
             op_path = os.path.join(d, op_name.replace("wkv_op", "ref_op"))
         op_src = re.sub(r"TORCH_LIBRARY\s*\(\s*wkv\s*,\s*\w+\s*\)\s*\{[^}]*\}", "", open(op_path).read())
         out = [os.path.join(build, op_name), os.path.join(build, cu_name)]
-        with open(out[0], "w") as f:
-            f.write(op_src)
-        with open(out[1], "w") as f:
-            f.write(open(os.path.join(d, cu_name)).read())
+        for path, text in zip(out, [op_src, open(os.path.join(d, cu_name)).read()]):
+            if not os.path.isfile(path) or open(path).read() != text:  # unchanged: ninja keeps its build
+                with open(path, "w") as f:
+                    f.write(text)
         return out, d
 
     @staticmethod
