@@ -142,6 +142,28 @@ WKV_HD LaneState<S> initial_state(const ScanArgs<TIn, S>& a, int64_t b, int64_t 
 
 // ---- forward ---------------------------------------------------------------------------------
 
+// n (<= kSeg) steps from the state s, writing y if given (else only advancing: u is unused);
+// in-segment offsets are 32-bit.
+template <class TIn, class S>
+WKV_HD void emit_segment(S w, S u, const TIn* WKV_RESTRICT k, const TIn* WKV_RESTRICT v,
+                         TIn* WKV_RESTRICT y, int C, int n, LaneState<S>& s) {
+  if (y) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll 4
+#endif
+    for (int t = 0; t < n; ++t) {
+      const int o = t * C;
+      y[o] = static_cast<TIn>(forward_step(w, u, load_in<TIn, S>(k, o), load_in<TIn, S>(v, o), s.aa,
+                                           s.bb, s.pp));
+    }
+  } else {
+    for (int t = 0; t < n; ++t) {
+      const int o = t * C;
+      advance_state(w, load_in<TIn, S>(k, o), load_in<TIn, S>(v, o), s.aa, s.bb, s.pp);
+    }
+  }
+}
+
 struct FwdFold {
   template <class TIn, class S>
   WKV_HD void run(int64_t i, const ScanArgs<TIn, S>& a) {
@@ -149,11 +171,10 @@ struct FwdFold {
     const S w = decay_of(a, l.c);
     LaneState<S> s = empty_lane_state<S>();
     const int64_t t1 = chunk_end(a, l.j);
-    const int64_t base = (l.b * a.T) * a.C + l.c;
-    const TIn* kp = a.k + base + l.j * a.chunk * a.C;
-    const TIn* vp = a.v + base + l.j * a.chunk * a.C;
-    for (int64_t t = l.j * a.chunk; t < t1; ++t, kp += a.C, vp += a.C) {
-      advance_state(w, load_in<TIn, S>(kp, 0), load_in<TIn, S>(vp, 0), s.aa, s.bb, s.pp);
+    for (int64_t s0 = l.j * a.chunk; s0 < t1; s0 += kSeg) {
+      const int64_t off = (l.b * a.T + s0) * a.C + l.c;
+      const int n = static_cast<int>(t1 - s0 < kSeg ? t1 - s0 : kSeg);
+      emit_segment(w, S(0), a.k + off, a.v + off, static_cast<TIn*>(nullptr), static_cast<int>(a.C), n, s);
     }
     store_lane_state(a.starts, l.b * a.nchunks + l.j, a.C, l.c, s);
   }
@@ -185,27 +206,6 @@ struct FwdScan {
     if (a.state_out) store_lane_state(a.state_out, b, a.C, c, s);
   }
 };
-
-// n (<= kSeg) steps from the state s, writing y (if given); in-segment offsets are 32-bit.
-template <class TIn, class S>
-WKV_HD void emit_segment(S w, S u, const TIn* WKV_RESTRICT k, const TIn* WKV_RESTRICT v,
-                         TIn* WKV_RESTRICT y, int C, int n, LaneState<S>& s) {
-  if (y) {
-#if defined(__CUDA_ARCH__)
-#pragma unroll 4
-#endif
-    for (int t = 0; t < n; ++t) {
-      const int o = t * C;
-      y[o] = static_cast<TIn>(forward_step(w, u, load_in<TIn, S>(k, o), load_in<TIn, S>(v, o), s.aa,
-                                           s.bb, s.pp));
-    }
-  } else {
-    for (int t = 0; t < n; ++t) {
-      const int o = t * C;
-      advance_state(w, load_in<TIn, S>(k, o), load_in<TIn, S>(v, o), s.aa, s.bb, s.pp);
-    }
-  }
-}
 
 struct FwdEmit {
   template <class TIn, class S>
@@ -348,10 +348,8 @@ struct BwdScan {
       const int64_t s0 = (a.nckpt - 1) * kSeg;
       LaneState<S> s = load_lane_state(a.checkpoints, b * a.nckpt + a.nckpt - 1, a.C, c);
       const int64_t off = (b * a.T + s0) * a.C + c;
-      for (int64_t t = 0; t < a.T - s0; ++t) {
-        advance_state(w, load_in<TIn, S>(a.k, off + t * a.C), load_in<TIn, S>(a.v, off + t * a.C),
-                      s.aa, s.bb, s.pp);
-      }
+      emit_segment(w, S(0), a.k + off, a.v + off, static_cast<TIn*>(nullptr), static_cast<int>(a.C),
+                   static_cast<int>(a.T - s0), s);
       seed_walk(a, b, c, s, g);
     } else {
       g.ga = g.gb = g.gcarry = S(0);

@@ -84,18 +84,8 @@ template <class Exec>
 void scan_backward(const Launch& a, Exec& ex) {
   at::Tensor checkpoints = a.checkpoints;
   if (!checkpoints.defined()) {
-    Launch f;
-    f.B = a.B;
-    f.T = a.T;
-    f.C = a.C;
-    f.w = a.w;
-    f.w_is_log = a.w_is_log;
-    f.u = a.u;
-    f.k = a.k;
-    f.v = a.v;
-    f.state_in = a.state_in;
-    f.checkpoints = checkpoints =
-        at::empty({a.B, (a.T + kSeg - 1) / kSeg, 3, a.C}, a.w.options());
+    Launch f = a;  // a backward launch has no y or state_out: this forward writes checkpoints only
+    f.checkpoints = checkpoints = at::empty({a.B, (a.T + kSeg - 1) / kSeg, 3, a.C}, a.w.options());
     scan_forward(f, ex);
   }
   dispatch_scan_types(a, [&]<class TIn, class S>() {

@@ -253,10 +253,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> wkv_forward(
   Launch a = functional_launch("wkv.wkv_forward", time_decay, time_first, k, v, state);
   a.y = at::empty({a.B, a.T, a.C}, a.k.options());
   a.state_out = at::empty({a.B, 3, a.C}, a.w.options());
-  a.checkpoints =
+  // Always returned (the schema has three outputs); (B, 0, 3, C) when not asked for.
+  const at::Tensor checkpoints =
       at::empty({a.B, save_checkpoints ? num_checkpoints(a.T) : 0, 3, a.C}, a.w.options());
-  const at::Tensor checkpoints = a.checkpoints;
-  if (!save_checkpoints) a.checkpoints = at::Tensor();
+  if (save_checkpoints) a.checkpoints = checkpoints;
   launch_forward(a);
   return {a.y, a.state_out, checkpoints};
 }

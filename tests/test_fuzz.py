@@ -89,14 +89,10 @@ def place(x, c):
     return x
 
 
-def set_backend(c):
-    select_backend(c["backend"])
-
-
 @PROFILE
 @given(cases())
 def test_fuzz_matches_exact(c):
-    set_backend(c)
+    select_backend(c["backend"])
     try:
         td, tf, k, v, state = build(c)
         args = [place(x, c) for x in (td, tf, k, v)]
@@ -118,7 +114,7 @@ def test_fuzz_matches_exact(c):
 @PROFILE
 @given(cases(allow_state=False), st.data())
 def test_fuzz_nan_propagates_only_where_the_math_says(c, data):
-    set_backend(c)
+    select_backend(c["backend"])
     try:
         td, tf, k, v, _ = build(c)
         B, T, C = k.shape
@@ -160,7 +156,7 @@ def _host_decay(td):
 def test_fuzz_functional_and_seed_ops_agree(c):
     """wkv.wkv_forward / wkv_backward and RWKV-LM's wkv.forward / wkv.backward give the same
     values and gradients (same kernel, two front doors)."""
-    set_backend(c)
+    select_backend(c["backend"])
     try:
         td, tf, k, v, _ = build(c)
         dev = "cuda" if c["backend"].startswith("cuda") else "cpu"

@@ -112,15 +112,19 @@ class TimeMix(nn.Module):
             td, tf = td.float(), tf.float()
         return td, tf
 
-    def forward(self, x, shift=None, wkv_state=None):
-        """x: (B, T, C) after ln1. Returns (out, last x, new WKV state)."""
-        xx = _shift(x, shift)
+    def mix(self, x, xx, wkv_state=None):
+        """x: (B, T, C) after ln1, xx: the same shifted by one token. Returns (out, new WKV state)."""
         xk = x * self.time_mix_k + xx * (1 - self.time_mix_k)
         xv = x * self.time_mix_v + xx * (1 - self.time_mix_v)
         xr = x * self.time_mix_r + xx * (1 - self.time_mix_r)
         k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
         y, new_state = wkv_with_state(*self.wkv_params(), k, v, wkv_state)
-        return self.output(torch.sigmoid(r) * y.to(r.dtype)), x[:, -1], new_state
+        return self.output(torch.sigmoid(r) * y.to(r.dtype)), new_state
+
+    def forward(self, x, shift=None, wkv_state=None):
+        """x: (B, T, C) after ln1. Returns (out, last x, new WKV state)."""
+        out, new_state = self.mix(x, _shift(x, shift), wkv_state)
+        return out, x[:, -1], new_state
 
 
 class ChannelMix(nn.Module):
@@ -135,12 +139,15 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(config.dim_ffn, C, bias=False)
 
-    def forward(self, x, shift=None):
-        xx = _shift(x, shift)
+    def mix(self, x, xx):
+        """x: (B, T, C) after ln2, xx: the same shifted by one token."""
         xk = x * self.time_mix_k + xx * (1 - self.time_mix_k)
         xr = x * self.time_mix_r + xx * (1 - self.time_mix_r)
         k = torch.square(torch.relu(self.key(xk)))
-        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1]
+        return torch.sigmoid(self.receptance(xr)) * self.value(k)
+
+    def forward(self, x, shift=None):
+        return self.mix(x, _shift(x, shift)), x[:, -1]
 
 
 class Block(nn.Module):
@@ -175,22 +182,15 @@ class Block(nn.Module):
         may be `state` itself (in place, for inference). One WKV call, no concatenation."""
         if hasattr(self, "ln0"):
             x = self.ln0(x)
-        att, ffn = self.att, self.ffn
-        xa = self.ln1(x)
-        prev = state[:, 0].to(xa.dtype)
-        k = att.key(torch.lerp(prev, xa, att.time_mix_k[0, 0]))
-        v = att.value(torch.lerp(prev, xa, att.time_mix_v[0, 0]))
-        r = att.receptance(torch.lerp(prev, xa, att.time_mix_r[0, 0]))
-        y, wkv_new = wkv_with_state(*att.wkv_params(), k[:, None], v[:, None], state[:, 1:4])
-        out[:, 1:4].copy_(wkv_new)
-        out[:, 0].copy_(xa)
-        x = x + att.output(torch.sigmoid(r) * y[:, 0].to(r.dtype))
-        xf = self.ln2(x)
-        prev = state[:, 4].to(xf.dtype)
-        kf = torch.square(torch.relu(ffn.key(torch.lerp(prev, xf, ffn.time_mix_k[0, 0]))))
-        rf = torch.sigmoid(ffn.receptance(torch.lerp(prev, xf, ffn.time_mix_r[0, 0])))
-        out[:, 4].copy_(xf)
-        return x + rf * ffn.value(kf)
+        xa = self.ln1(x)[:, None]  # a length-1 segment: the same mixing code as GPT mode
+        a, wkv_new = self.att.mix(xa, state[:, None, 0].to(xa.dtype), state[:, 1:4])
+        out[:, 1:4].copy_(wkv_new)  # (state is read before out, which may be state, is written)
+        out[:, 0].copy_(xa[:, 0])
+        x = x + a[:, 0]
+        xf = self.ln2(x)[:, None]
+        f = self.ffn.mix(xf, state[:, None, 4].to(xf.dtype))
+        out[:, 4].copy_(xf[:, 0])
+        return x + f[:, 0]
 
 
 class RWKV(nn.Module):
