@@ -405,19 +405,24 @@ struct BwdReduce {
   WKV_HD void run(int64_t i, const ScanArgs<TIn, S>& a) {
     const int64_t c = i % a.C;
     const int64_t b0 = a.sum_rows ? 0 : i / a.C, b1 = a.sum_rows ? a.B : b0 + 1;
+    const S w = decay_of(a, c);
+    // Per row: the sum over chunks times w, then rows summed, in the order RWKV-LM's contract
+    // (a (B, C) result summed over B afterwards) and the CPU kernel associate it.
     S gw = S(0), gu = S(0);
     for (int64_t b = b0; b < b1; ++b) {
+      S row_w = S(0), row_u = S(0);
       for (int64_t j = 0; j < a.nchunks; ++j) {
-        gw = gw + a.parts[at3(b * a.nchunks + j, 2, 0, a.C, c)];
-        gu = gu + a.parts[at3(b * a.nchunks + j, 2, 1, a.C, c)];
+        row_w = row_w + a.parts[at3(b * a.nchunks + j, 2, 0, a.C, c)];
+        row_u = row_u + a.parts[at3(b * a.nchunks + j, 2, 1, a.C, c)];
       }
+      gw = gw + row_w * w;
+      gu = gu + row_u;
     }
-    const S w = decay_of(a, c);
     if (a.sum_rows) {
-      a.gw[c] = gw * w;
+      a.gw[c] = gw;
       a.gu[c] = gu;
     } else {
-      a.gw[i] += gw * w;
+      a.gw[i] += gw;
       a.gu[i] += gu;
     }
   }
