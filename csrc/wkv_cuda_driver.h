@@ -7,11 +7,9 @@
 //   void run(int64_t threads, const ScanArgs<TIn, S>& args);   Body::run(i, args) for every i
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Exception.h>
-#include <c10/util/Half.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <cstdint>
 
@@ -24,23 +22,23 @@ namespace wkv {
 template <class Fn>
 void dispatch_scan_types(const Launch& a, Fn fn) {
   switch (a.k.scalar_type()) {
-    case at::kDouble: return fn.template operator()<double, double>();
-    case at::kBFloat16: return fn.template operator()<c10::BFloat16, float>();
-    case at::kHalf: return fn.template operator()<c10::Half, float>();
-    case at::kFloat: return fn.template operator()<float, float>();
-    default: TORCH_CHECK(false, "wkv: unsupported dtype ", a.k.scalar_type());
+    case ScalarType::Double: return fn.template operator()<double, double>();
+    case ScalarType::BFloat16: return fn.template operator()<torch::headeronly::BFloat16, float>();
+    case ScalarType::Half: return fn.template operator()<torch::headeronly::Half, float>();
+    case ScalarType::Float: return fn.template operator()<float, float>();
+    default: WKV_CHECK(false, "wkv: unsupported dtype ", torch::headeronly::toString(a.k.scalar_type()));
   }
 }
 
-template <class T>
-T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+// A new uninitialised buffer of the math dtype on the launch's device.
+inline Tensor math_buffer(const Launch& a, torch::headeronly::IntHeaderOnlyArrayRef sizes) {
+  return torch::stable::new_empty(a.w, sizes);
 }
 
 template <class TIn, class S>
 ScanArgs<TIn, S> scan_args(const Launch& a, int64_t sms) {
   // In-segment offsets are 32-bit: kSeg rows of C channels must fit.
-  TORCH_CHECK_VALUE(a.C < (int64_t(1) << 31) / kSeg, "wkv: C must be < ", (int64_t(1) << 31) / kSeg,
+  WKV_CHECK_VALUE(a.C < (int64_t(1) << 31) / kSeg, "wkv: C must be < ", (int64_t(1) << 31) / kSeg,
                     " for the CUDA kernels, got ", a.C);
   ScanArgs<TIn, S> s;
   s.B = a.B;
@@ -66,10 +64,10 @@ void scan_forward(const Launch& a, Exec& ex) {
     s.y = ptr_or_null<TIn>(a.y);
     s.state_out = ptr_or_null<S>(a.state_out);
     s.checkpoints = ptr_or_null<S>(a.checkpoints);
-    at::Tensor starts;
+    Tensor starts;
     const int64_t lanes = a.B * a.C;
     if (s.nchunks > 1) {
-      starts = at::empty({a.B, s.nchunks, 3, a.C}, a.w.options());
+      starts = math_buffer(a, {a.B, s.nchunks, 3, a.C});
       s.starts = static_cast<S*>(starts.data_ptr());
       ex.template run<FwdFold>(lanes * s.nchunks, s);
       ex.template run<FwdScan>(lanes, s);
@@ -82,10 +80,10 @@ void scan_forward(const Launch& a, Exec& ex) {
 // Uses a.checkpoints when the forward saved them, else recomputes them first.
 template <class Exec>
 void scan_backward(const Launch& a, Exec& ex) {
-  at::Tensor checkpoints = a.checkpoints;
+  Tensor checkpoints = a.checkpoints;
   if (!checkpoints.defined()) {
     Launch f = a;  // a backward launch has no y or state_out: this forward writes checkpoints only
-    f.checkpoints = checkpoints = at::empty({a.B, (a.T + kSeg - 1) / kSeg, 3, a.C}, a.w.options());
+    f.checkpoints = checkpoints = math_buffer(a, {a.B, (a.T + kSeg - 1) / kSeg, 3, a.C});
     scan_forward(f, ex);
   }
   dispatch_scan_types(a, [&]<class TIn, class S>() {
@@ -101,8 +99,7 @@ void scan_backward(const Launch& a, Exec& ex) {
     s.sum_rows = a.sum_rows;
     const int64_t lanes = a.B * a.C, per_chunk = lanes * s.nchunks;
     // One buffer: parts (2 per chunk-lane), then local (4) and adjoint (3) when chunked.
-    const at::Tensor scratch =
-        at::empty({per_chunk * (s.nchunks > 1 ? 9 : 2)}, a.w.options());
+    const Tensor scratch = math_buffer(a, {per_chunk * (s.nchunks > 1 ? 9 : 2)});
     S* p = static_cast<S*>(scratch.data_ptr());
     s.parts = p;
     if (s.nchunks > 1) {

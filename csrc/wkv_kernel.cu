@@ -1,9 +1,8 @@
 // CUDA launcher: every pass of csrc/wkv_chunked.h becomes one kernel through the one-line
 // wrapper below; csrc/wkv_cuda_driver.h decides which passes run (serial or T-chunked) and
 // allocates their small buffers. The same driver runs on the CPU in csrc/cpu/wkv_emulate.cpp.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>  // aoti_torch_get_current_cuda_stream
+#include <torch/csrc/stable/accelerator.h>
 #include <cuda_runtime.h>
 
 #include <mutex>
@@ -13,6 +12,11 @@
 
 namespace wkv {
 namespace {
+
+// A CUDA runtime error as a RuntimeError naming the call.
+void check_cuda(cudaError_t err, const char* what) {
+  WKV_CHECK(err == cudaSuccess, "wkv: CUDA error in ", what, ": ", cudaGetErrorString(err));
+}
 
 template <class Body, class TIn, class S>
 __global__ void pass_kernel(int64_t threads, ScanArgs<TIn, S> a) {
@@ -28,7 +32,8 @@ int64_t cuda_sm_count(int device) {
   std::lock_guard<std::mutex> lock(mu);
   if (device >= static_cast<int>(counts.size())) counts.resize(device + 1, 0);
   if (counts[device] == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device));
+    check_cuda(cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device),
+               "cudaDeviceGetAttribute");
   }
   return counts[device];
 }
@@ -44,26 +49,31 @@ struct Gpu {
     int block = 128;
     while (block > 32 && (threads + block - 1) / block < sms) block /= 2;
     const int64_t blocks = (threads + block - 1) / block;
-    TORCH_CHECK(blocks <= 0x7fffffff, "wkv: ", threads, " threads are too many for one CUDA grid");
+    WKV_CHECK(blocks <= 0x7fffffff, "wkv: ", threads, " threads are too many for one CUDA grid");
     pass_kernel<Body, TIn, S><<<static_cast<unsigned>(blocks), block, 0, stream>>>(threads, args);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    check_cuda(cudaGetLastError(), "a kernel launch");
   }
 };
 
-Gpu gpu_for(const at::Tensor& k) {
-  return Gpu{cuda_sm_count(k.device().index()), c10::cuda::getCurrentCUDAStream(k.device().index())};
+// The multiprocessor count and torch's current stream of k's device (the stream through the
+// stable C shim: torch::stable::accelerator::Stream::nativeHandle() is 2.13+ only).
+Gpu gpu_for(const Tensor& k) {
+  const int32_t device = k.get_device_index();
+  void* stream = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(device, &stream));
+  return Gpu{cuda_sm_count(device), static_cast<cudaStream_t>(stream)};
 }
 
 }  // namespace
 
 void forward_cuda(const Launch& a) {
-  const c10::cuda::CUDAGuard guard(a.k.device());
+  const torch::stable::accelerator::DeviceGuard guard(a.k.get_device_index());
   Gpu gpu = gpu_for(a.k);
   scan_forward(a, gpu);
 }
 
 void backward_cuda(const Launch& a) {
-  const c10::cuda::CUDAGuard guard(a.k.device());
+  const torch::stable::accelerator::DeviceGuard guard(a.k.get_device_index());
   Gpu gpu = gpu_for(a.k);
   scan_backward(a, gpu);
 }

@@ -1,33 +1,47 @@
 // What the op layer (wkv_ops.cpp) hands a kernel launcher: validated, contiguous tensors on one
-// device. One launcher per backend: csrc/cpu/wkv_cpu.cpp and csrc/wkv_kernel.cu.
+// device. One launcher per backend: csrc/cpu/wkv_cpu.cpp and csrc/wkv_kernel.cu. Tensors are
+// the LibTorch stable ABI's (torch::stable::Tensor), so the built library calls no libtorch C++
+// symbol and one build loads under every torch from TORCH_TARGET_VERSION on (CMakeLists.txt).
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <torch/csrc/stable/tensor.h>
 
+#include <cstdint>
 #include <string>
+
+#include "wkv_check.h"
 
 namespace wkv {
 
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
 struct Launch {
   int64_t B = 0, T = 0, C = 0;
-  at::Tensor w, u;        // (C,) math dtype: w = -exp(time_decay) (or time_decay itself when
+  Tensor w, u;            // (C,) math dtype: w = -exp(time_decay) (or time_decay itself when
   bool w_is_log = false;  // w_is_log: the kernel forms w), u = time_first
-  at::Tensor k, v;        // (B, T, C), any supported dtype
-  at::Tensor state_in;    // (B, 3, C) math dtype, or undefined: the empty state
+  Tensor k, v;            // (B, T, C), any supported dtype
+  Tensor state_in;        // (B, 3, C) math dtype, or undefined: the empty state
   // forward
-  at::Tensor y;           // (B, T, C), k's dtype
-  at::Tensor state_out;   // (B, 3, C) math dtype, or undefined
+  Tensor y;               // (B, T, C), k's dtype
+  Tensor state_out;       // (B, 3, C) math dtype, or undefined
   // (B, ceil(T / kCheckpointSteps), 3, C) math dtype: the state before every 32nd step. Forward:
   // written if defined. Backward: read if defined (saved by the forward), else recomputed.
-  at::Tensor checkpoints;
+  Tensor checkpoints;
   // backward
-  at::Tensor gy;          // (B, T, C), k's dtype
-  at::Tensor gstate_out;  // (B, 3, C) math dtype, or undefined
-  at::Tensor gk, gv;      // (B, T, C), k's dtype: written
-  at::Tensor gw, gu;      // (B, C) math dtype: += dL/dtime_decay, dL/dtime_first per row;
+  Tensor gy;              // (B, T, C), k's dtype
+  Tensor gstate_out;      // (B, 3, C) math dtype, or undefined
+  Tensor gk, gv;          // (B, T, C), k's dtype: written
+  Tensor gw, gu;          // (B, C) math dtype: += dL/dtime_decay, dL/dtime_first per row;
   bool sum_rows = false;  // or, if sum_rows, (C,): written, summed over rows
-  at::Tensor gstate_in;   // (B, 3, C) math dtype, or undefined: written
+  Tensor gstate_in;       // (B, 3, C) math dtype, or undefined: written
 };
+
+// The data of an optional tensor: nullptr when undefined.
+template <class T>
+T* ptr_or_null(const Tensor& t) {
+  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
 
 void forward_cpu(const Launch& a);
 void backward_cpu(const Launch& a);

@@ -1,4 +1,4 @@
-// The op schemas (TORCH_LIBRARY(wkv)), argument checks, and the CPU/CUDA registrations.
+// The op schemas (STABLE_TORCH_LIBRARY(wkv)), argument checks, and the CPU/CUDA registrations.
 //
 // Two families of ops:
 //   wkv::forward / wkv::backward   RWKV-LM's wkv_op.cpp contract: sizes passed explicitly,
@@ -10,14 +10,21 @@
 //                                  Python registers their fake kernels and autograd
 //                                  (src/rwkv_wkv/ops.py), so torch.compile and opcheck work.
 // Every check runs before any pointer is touched and raises ValueError (bad dtype, shape,
-// size or layout) or RuntimeError (device), naming the argument and what was expected.
-#include <ATen/ATen.h>
-#include <torch/library.h>
-#include <torch/version.h>
+// size or layout) or RuntimeError (device), naming the argument and what was expected
+// (csrc/wkv_check.h: how those exceptions cross the stable ABI).
+//
+// Only the LibTorch stable ABI is used (torch/csrc/stable, torch/headeronly), compiled for
+// TORCH_TARGET_VERSION (CMakeLists.txt): the library calls no libtorch C++ symbol, so one build
+// loads under every torch release from that version on.
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
 
 #include <atomic>
-#include <sstream>
+#include <initializer_list>
+#include <optional>
 #include <string>
+#include <tuple>
 
 #ifdef WKV_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -29,83 +36,101 @@
 namespace wkv {
 namespace {
 
-bool is_input_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+using torch::headeronly::IntHeaderOnlyArrayRef;
+using torch::stable::Device;
+using torch::stable::DeviceType;
+constexpr ScalarType kFloat = ScalarType::Float, kDouble = ScalarType::Double;
+
+bool is_input_dtype(ScalarType t) {
+  return t == kFloat || t == kDouble || t == ScalarType::BFloat16 || t == ScalarType::Half;
 }
 
 // float64 inputs are computed in float64, everything else in float32.
-at::ScalarType math_dtype(const at::Tensor& k) {
-  return k.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+ScalarType math_dtype(const Tensor& k) { return k.scalar_type() == kDouble ? kDouble : kFloat; }
 
-std::string shape_str(std::initializer_list<int64_t> s) {
-  std::ostringstream os;
-  os << "(";
-  bool first = true;
-  for (auto d : s) {
-    os << (first ? "" : ", ") << d;
-    first = false;
+// Names as Python prints them.
+const char* dtype_name(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return "torch.float32";
+    case ScalarType::Double: return "torch.float64";
+    case ScalarType::BFloat16: return "torch.bfloat16";
+    case ScalarType::Half: return "torch.float16";
+    default: return torch::headeronly::toString(t);
   }
-  os << (s.size() == 1 ? ",)" : ")");
-  return os.str();
 }
 
-void check_defined(const char* op, const at::Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(x.defined(), op, ": ", name, " must be a tensor, got None");
+std::string device_name(const Device& d) {
+  std::string name;
+  switch (d.type()) {
+    case DeviceType::CPU: name = "cpu"; break;
+    case DeviceType::CUDA: name = "cuda"; break;
+    case DeviceType::Meta: name = "meta"; break;
+    default: name = message("device type ", static_cast<int>(d.type()));
+  }
+  return d.index() >= 0 && d.type() != DeviceType::CPU ? message(name, ":", d.index()) : name;
 }
 
-void check_shape(const char* op, const at::Tensor& x, const char* name, const char* symbolic,
+bool same_device(const Tensor& a, const Tensor& b) {
+  const Device da = a.device(), db = b.device();
+  return da.type() == db.type() && da.index() == db.index();
+}
+
+void check_defined(const char* op, const Tensor& x, const char* name) {
+  WKV_CHECK_VALUE(x.defined(), op, ": ", name, " must be a tensor, got None");
+}
+
+void check_shape(const char* op, const Tensor& x, const char* name, const char* symbolic,
                  std::initializer_list<int64_t> expected) {
   bool ok = x.dim() == static_cast<int64_t>(expected.size());
   if (ok) {
     int64_t i = 0;
     for (auto d : expected) ok = ok && x.size(i++) == d;
   }
-  TORCH_CHECK_VALUE(ok, op, ": ", name, " must have shape ", symbolic, " = ", shape_str(expected),
-                    ", got ", x.sizes());
+  WKV_CHECK_VALUE(ok, op, ": ", name, " must have shape ", symbolic, " = ",
+                  IntHeaderOnlyArrayRef(expected), ", got ", x.sizes());
 }
 
-void check_dtype(const char* op, const at::Tensor& x, const char* name, at::ScalarType want,
+void check_dtype(const char* op, const Tensor& x, const char* name, ScalarType want,
                  const char* why) {
-  TORCH_CHECK_VALUE(x.scalar_type() == want, op, ": ", name, " must have dtype ", want, " (", why,
-                    "), got ", x.scalar_type());
+  WKV_CHECK_VALUE(x.scalar_type() == want, op, ": ", name, " must have dtype ", dtype_name(want),
+                  " (", why, "), got ", dtype_name(x.scalar_type()));
 }
 
-void check_device(const char* op, const at::Tensor& x, const char* name, const at::Tensor& k) {
-  TORCH_CHECK(x.device() == k.device(), op, ": ", name, " is on ", x.device(),
-              " but k is on ", k.device(), "; all tensors must be on one device");
+void check_device(const char* op, const Tensor& x, const char* name, const Tensor& k) {
+  WKV_CHECK(same_device(x, k), op, ": ", name, " is on ", device_name(x.device()),
+            " but k is on ", device_name(k.device()), "; all tensors must be on one device");
 }
 
-void check_contiguous(const char* op, const at::Tensor& x, const char* name) {
-  TORCH_CHECK_VALUE(x.is_contiguous(), op, ": ", name,
-                    " must be contiguous (this op writes through raw pointers; call "
-                    ".contiguous() first), got strides ",
-                    x.strides());
+void check_contiguous(const char* op, const Tensor& x, const char* name) {
+  WKV_CHECK_VALUE(x.is_contiguous(), op, ": ", name,
+                  " must be contiguous (this op writes through raw pointers; call "
+                  ".contiguous() first), got strides ",
+                  x.strides());
 }
 
 void check_sizes(const char* op, int64_t B, int64_t T, int64_t C) {
-  TORCH_CHECK_VALUE(B >= 1, op, ": B must be >= 1, got ", B);
-  TORCH_CHECK_VALUE(T >= 1, op, ": T must be >= 1, got ", T);
-  TORCH_CHECK_VALUE(C >= 1, op, ": C must be >= 1, got ", C);
+  WKV_CHECK_VALUE(B >= 1, op, ": B must be >= 1, got ", B);
+  WKV_CHECK_VALUE(T >= 1, op, ": T must be >= 1, got ", T);
+  WKV_CHECK_VALUE(C >= 1, op, ": C must be >= 1, got ", C);
 }
 
 // Checks the parameters (C,) and the sequences (B, T, C) shared by every op.
-void check_common(const char* op, int64_t B, int64_t T, int64_t C, const at::Tensor& w,
-                  const char* w_name, const at::Tensor& u, const char* u_name,
-                  const at::Tensor& k, const at::Tensor& v) {
+void check_common(const char* op, int64_t B, int64_t T, int64_t C, const Tensor& w,
+                  const char* w_name, const Tensor& u, const char* u_name, const Tensor& k,
+                  const Tensor& v) {
   check_defined(op, k, "k");
   check_defined(op, v, "v");
   check_defined(op, w, w_name);
   check_defined(op, u, u_name);
-  TORCH_CHECK_VALUE(is_input_dtype(k.scalar_type()), op,
-                    ": k must have dtype float32, float64, bfloat16 or float16, got ",
-                    k.scalar_type());
+  WKV_CHECK_VALUE(is_input_dtype(k.scalar_type()), op,
+                  ": k must have dtype float32, float64, bfloat16 or float16, got ",
+                  dtype_name(k.scalar_type()));
   check_dtype(op, v, "v", k.scalar_type(), "the same as k");
-  TORCH_CHECK_VALUE(w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble, op, ": ",
-                    w_name, " must have dtype float32 or float64, got ", w.scalar_type());
+  WKV_CHECK_VALUE(w.scalar_type() == kFloat || w.scalar_type() == kDouble, op, ": ", w_name,
+                  " must have dtype float32 or float64, got ", dtype_name(w.scalar_type()));
   check_dtype(op, u, u_name, w.scalar_type(), w_name);
-  TORCH_CHECK(k.device().is_cpu() || k.device().is_cuda(), op,
-              ": tensors must be on a CPU or CUDA device, got ", k.device());
+  WKV_CHECK(k.is_cpu() || k.is_cuda(), op, ": tensors must be on a CPU or CUDA device, got ",
+            device_name(k.device()));
   check_device(op, v, "v", k);
   check_device(op, w, w_name, k);
   check_device(op, u, u_name, k);
@@ -116,14 +141,25 @@ void check_common(const char* op, int64_t B, int64_t T, int64_t C, const at::Ten
 }
 
 // A (B, 3, C) state tensor in the math dtype (optional).
-void check_state(const char* op, const std::optional<at::Tensor>& s, const char* name,
-                 const at::Tensor& k, int64_t B, int64_t C) {
+void check_state(const char* op, const std::optional<Tensor>& s, const char* name,
+                 const Tensor& k, int64_t B, int64_t C) {
   if (!s.has_value() || !s->defined()) return;
   const auto math = math_dtype(k);
   check_dtype(op, *s, name, math,
-              math == at::kDouble ? "the math dtype for float64 k" : "the math dtype, float32");
+              math == kDouble ? "the math dtype for float64 k" : "the math dtype, float32");
   check_device(op, *s, name, k);
   check_shape(op, *s, name, "(B, 3, C)", {B, 3, C});
+}
+
+// x in `dtype` and contiguous; x itself (no dispatcher call) when it already is.
+Tensor as_contiguous(const Tensor& x, ScalarType dtype) {
+  const Tensor t = x.scalar_type() == dtype ? x : torch::stable::to(x, dtype);
+  return t.is_contiguous() ? t : torch::stable::contiguous(t);
+}
+
+// A new uninitialised tensor of `dtype` on `like`'s device.
+Tensor empty_like_device(IntHeaderOnlyArrayRef sizes, ScalarType dtype, const Tensor& like) {
+  return torch::stable::empty(sizes, dtype, std::nullopt, like.device());
 }
 
 void launch_forward(const Launch& a) {
@@ -131,7 +167,7 @@ void launch_forward(const Launch& a) {
 #ifdef WKV_WITH_CUDA
     return forward_cuda(a);
 #else
-    TORCH_CHECK(false, "rwkv_wkv was built without CUDA support");
+    WKV_CHECK(false, "rwkv_wkv was built without CUDA support");
 #endif
   }
   forward_cpu(a);
@@ -142,7 +178,7 @@ void launch_backward(const Launch& a) {
 #ifdef WKV_WITH_CUDA
     return backward_cuda(a);
 #else
-    TORCH_CHECK(false, "rwkv_wkv was built without CUDA support");
+    WKV_CHECK(false, "rwkv_wkv was built without CUDA support");
 #endif
   }
   backward_cpu(a);
@@ -151,8 +187,8 @@ void launch_backward(const Launch& a) {
 // ---- RWKV-LM contract -----------------------------------------------------------------------
 
 // An output or extra input of the legacy ops: present, of `dtype`, on k's device, of `shape`.
-void check_buffer(const char* op, const at::Tensor& x, const char* name, at::ScalarType dtype,
-                  const char* why, const at::Tensor& k, const char* symbolic,
+void check_buffer(const char* op, const Tensor& x, const char* name, ScalarType dtype,
+                  const char* why, const Tensor& k, const char* symbolic,
                   std::initializer_list<int64_t> shape) {
   check_defined(op, x, name);
   check_dtype(op, x, name, dtype, why);
@@ -161,8 +197,8 @@ void check_buffer(const char* op, const at::Tensor& x, const char* name, at::Sca
 }
 
 // The part of a legacy call shared by forward and backward: sizes, parameters, sequences.
-Launch legacy_launch(const char* op, int64_t B, int64_t T, int64_t C, const at::Tensor& w,
-                     const at::Tensor& u, const at::Tensor& k, const at::Tensor& v) {
+Launch legacy_launch(const char* op, int64_t B, int64_t T, int64_t C, const Tensor& w,
+                     const Tensor& u, const Tensor& k, const Tensor& v) {
   check_sizes(op, B, T, C);
   check_common(op, B, T, C, w, "w", u, "u", k, v);
   for (auto [x, name] : {std::pair{&w, "w"}, {&u, "u"}, {&k, "k"}, {&v, "v"}}) {
@@ -173,15 +209,15 @@ Launch legacy_launch(const char* op, int64_t B, int64_t T, int64_t C, const at::
   a.B = B;
   a.T = T;
   a.C = C;
-  a.w = w.to(math);
-  a.u = u.to(math);
+  a.w = as_contiguous(w, math);
+  a.u = as_contiguous(u, math);
   a.k = k;
   a.v = v;
   return a;
 }
 
-void legacy_forward(int64_t B, int64_t T, int64_t C, const at::Tensor& w, const at::Tensor& u,
-                    const at::Tensor& k, const at::Tensor& v, const at::Tensor& y) {
+void legacy_forward(int64_t B, int64_t T, int64_t C, Tensor w, Tensor u, Tensor k, Tensor v,
+                    Tensor y) {
   const char* op = "wkv.forward";
   Launch a = legacy_launch(op, B, T, C, w, u, k, v);
   check_buffer(op, y, "y", k.scalar_type(), "the same as k", k, "(B, T, C)", {B, T, C});
@@ -190,15 +226,13 @@ void legacy_forward(int64_t B, int64_t T, int64_t C, const at::Tensor& w, const 
   launch_forward(a);
 }
 
-void legacy_backward(int64_t B, int64_t T, int64_t C, const at::Tensor& w, const at::Tensor& u,
-                     const at::Tensor& k, const at::Tensor& v, const at::Tensor& gy,
-                     const at::Tensor& gw, const at::Tensor& gu, const at::Tensor& gk,
-                     const at::Tensor& gv) {
+void legacy_backward(int64_t B, int64_t T, int64_t C, Tensor w, Tensor u, Tensor k, Tensor v,
+                     Tensor gy, Tensor gw, Tensor gu, Tensor gk, Tensor gv) {
   const char* op = "wkv.backward";
   Launch a = legacy_launch(op, B, T, C, w, u, k, v);
   const auto math = a.w.scalar_type();
-  const char* why = math == at::kDouble ? "gradients of float64 k accumulate in float64"
-                                        : "gradients accumulate in float32";
+  const char* why = math == kDouble ? "gradients of float64 k accumulate in float64"
+                                    : "gradients accumulate in float32";
   for (auto [x, name] : {std::pair{&gy, "gy"}, {&gk, "gk"}, {&gv, "gv"}}) {
     check_buffer(op, *x, name, k.scalar_type(), "the same as k", k, "(B, T, C)", {B, T, C});
     check_contiguous(op, *x, name);
@@ -218,15 +252,14 @@ void legacy_backward(int64_t B, int64_t T, int64_t C, const at::Tensor& w, const
 // ---- functional ops -------------------------------------------------------------------------
 
 // Validates the functional inputs and fills the shared part of a Launch.
-Launch functional_launch(const char* op, const at::Tensor& time_decay,
-                         const at::Tensor& time_first, const at::Tensor& k, const at::Tensor& v,
-                         const std::optional<at::Tensor>& state) {
+Launch functional_launch(const char* op, const Tensor& time_decay, const Tensor& time_first,
+                         const Tensor& k, const Tensor& v, const std::optional<Tensor>& state) {
   check_defined(op, k, "k");
-  TORCH_CHECK_VALUE(k.dim() == 3, op, ": k must have 3 dimensions (B, T, C), got shape ",
-                    k.sizes());
+  WKV_CHECK_VALUE(k.dim() == 3, op, ": k must have 3 dimensions (B, T, C), got shape ",
+                  k.sizes());
   const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
-  TORCH_CHECK_VALUE(B >= 1 && T >= 1 && C >= 1, op,
-                    ": k must be non-empty, (B, T, C) with each >= 1, got shape ", k.sizes());
+  WKV_CHECK_VALUE(B >= 1 && T >= 1 && C >= 1, op,
+                  ": k must be non-empty, (B, T, C) with each >= 1, got shape ", k.sizes());
   check_common(op, B, T, C, time_decay, "time_decay", time_first, "time_first", k, v);
   check_state(op, state, "state", k, B, C);
   const auto math = math_dtype(k);
@@ -236,59 +269,63 @@ Launch functional_launch(const char* op, const at::Tensor& time_decay,
   a.C = C;
   // The kernels form w = -exp(time_decay) themselves (in the math dtype, as RWKV-LM's Python
   // does): on a GPU that saves two small launches per call.
-  a.w = time_decay.to(math).contiguous();
+  a.w = as_contiguous(time_decay, math);
   a.w_is_log = true;
-  a.u = time_first.to(math).contiguous();
-  a.k = k.contiguous();
-  a.v = v.contiguous();
-  if (state.has_value() && state->defined()) a.state_in = state->contiguous();
+  a.u = as_contiguous(time_first, math);
+  a.k = as_contiguous(k, k.scalar_type());
+  a.v = as_contiguous(v, v.scalar_type());
+  if (state.has_value() && state->defined()) a.state_in = as_contiguous(*state, math);
   return a;
 }
 
 int64_t num_checkpoints(int64_t T) { return (T + kCheckpointSteps - 1) / kCheckpointSteps; }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> wkv_forward(
-    const at::Tensor& time_decay, const at::Tensor& time_first, const at::Tensor& k,
-    const at::Tensor& v, const std::optional<at::Tensor>& state, bool save_checkpoints) {
+std::tuple<Tensor, Tensor, Tensor> wkv_forward(Tensor time_decay, Tensor time_first, Tensor k,
+                                               Tensor v, std::optional<Tensor> state,
+                                               bool save_checkpoints) {
   Launch a = functional_launch("wkv.wkv_forward", time_decay, time_first, k, v, state);
-  a.y = at::empty({a.B, a.T, a.C}, a.k.options());
-  a.state_out = at::empty({a.B, 3, a.C}, a.w.options());
+  const auto math = a.w.scalar_type();
+  a.y = empty_like_device({a.B, a.T, a.C}, a.k.scalar_type(), a.k);
+  a.state_out = empty_like_device({a.B, 3, a.C}, math, a.k);
   // Always returned (the schema has three outputs); (B, 0, 3, C) when not asked for.
-  const at::Tensor checkpoints =
-      at::empty({a.B, save_checkpoints ? num_checkpoints(a.T) : 0, 3, a.C}, a.w.options());
+  const Tensor checkpoints = empty_like_device(
+      {a.B, save_checkpoints ? num_checkpoints(a.T) : 0, 3, a.C}, math, a.k);
   if (save_checkpoints) a.checkpoints = checkpoints;
   launch_forward(a);
   return {a.y, a.state_out, checkpoints};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> wkv_backward(
-    const at::Tensor& time_decay, const at::Tensor& time_first, const at::Tensor& k,
-    const at::Tensor& v, const std::optional<at::Tensor>& state, const at::Tensor& gy,
-    const std::optional<at::Tensor>& gstate_out, const std::optional<at::Tensor>& checkpoints) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> wkv_backward(
+    Tensor time_decay, Tensor time_first, Tensor k, Tensor v, std::optional<Tensor> state,
+    Tensor gy, std::optional<Tensor> gstate_out, std::optional<Tensor> checkpoints) {
   const char* op = "wkv.wkv_backward";
   Launch a = functional_launch(op, time_decay, time_first, k, v, state);
+  const auto math = a.w.scalar_type();
   check_buffer(op, gy, "gy", k.scalar_type(), "the same as k", k, "(B, T, C)", {a.B, a.T, a.C});
   check_state(op, gstate_out, "gstate_out", k, a.B, a.C);
-  a.gy = gy.contiguous();
-  if (gstate_out.has_value() && gstate_out->defined()) a.gstate_out = gstate_out->contiguous();
+  a.gy = as_contiguous(gy, gy.scalar_type());
+  if (gstate_out.has_value() && gstate_out->defined()) {
+    a.gstate_out = as_contiguous(*gstate_out, math);
+  }
   // Checkpoints saved by wkv_forward(..., save_checkpoints=True); an empty (B, 0, 3, C) tensor
   // (none saved) or None means: recompute them.
   if (checkpoints.has_value() && checkpoints->defined() &&
       !(checkpoints->dim() == 4 && checkpoints->size(1) == 0)) {
-    const auto math = math_dtype(k);
     check_buffer(op, *checkpoints, "checkpoints", math, "the math dtype", k,
                  "(B, ceil(T / 32), 3, C)", {a.B, num_checkpoints(a.T), 3, a.C});
-    a.checkpoints = checkpoints->contiguous();
+    a.checkpoints = as_contiguous(*checkpoints, math);
   }
-  a.gk = at::empty({a.B, a.T, a.C}, a.k.options());
-  a.gv = at::empty({a.B, a.T, a.C}, a.k.options());
-  a.gw = at::empty({a.C}, a.w.options());
-  a.gu = at::empty({a.C}, a.w.options());
+  a.gk = empty_like_device({a.B, a.T, a.C}, a.k.scalar_type(), a.k);
+  a.gv = empty_like_device({a.B, a.T, a.C}, a.k.scalar_type(), a.k);
+  a.gw = empty_like_device({a.C}, math, a.k);
+  a.gu = empty_like_device({a.C}, math, a.k);
   a.sum_rows = true;
-  a.gstate_in = at::empty({a.B, 3, a.C}, a.w.options());
+  a.gstate_in = empty_like_device({a.B, 3, a.C}, math, a.k);
   launch_backward(a);
-  return {a.gw.to(time_decay.scalar_type()), a.gu.to(time_first.scalar_type()), a.gk, a.gv,
-          a.gstate_in};
+  const auto back = [](const Tensor& g, const Tensor& like) {
+    return g.scalar_type() == like.scalar_type() ? g : torch::stable::to(g, like.scalar_type());
+  };
+  return {back(a.gw, time_decay), back(a.gu, time_first), a.gk, a.gv, a.gstate_in};
 }
 
 // ---- chunking of the CUDA kernels -----------------------------------------------------------
@@ -300,8 +337,8 @@ std::atomic<int64_t>& chunk_setting_ref() {
 
 int64_t cuda_chunk_op(std::optional<int64_t> set) {
   if (set.has_value()) {
-    TORCH_CHECK_VALUE(*set >= -1, "chunk length must be 0 (auto), -1 (serial) or positive, got ",
-                      *set);
+    WKV_CHECK_VALUE(*set >= -1, "chunk length must be 0 (auto), -1 (serial) or positive, got ",
+                    *set);
     chunk_setting_ref().store(*set);
   }
   return chunk_setting_ref().load();
@@ -325,44 +362,49 @@ int64_t cuda_plan_op(int64_t B, int64_t T, int64_t C, int64_t sms) {
 
 // ---- build facts ----------------------------------------------------------------------------
 
+#define WKV_STR2(x) #x
+#define WKV_STR(x) WKV_STR2(x)
+
 std::string build_info() {
-  std::ostringstream os;
+  std::string s;
 #ifdef WKV_WITH_CUDA
-  os << "cuda=1;";
+  s += "cuda=1;";
 #else
-  os << "cuda=0;";
+  s += "cuda=0;";
 #endif
 #ifdef _OPENMP
-  os << "openmp=1;";
+  s += "openmp=1;";
 #else
-  os << "openmp=0;";
+  s += "openmp=0;";
 #endif
-  os << "torch=" << TORCH_VERSION << ";";
+  s += "torch=" WKV_TORCH_VERSION ";";
+  // The oldest torch this build loads under: the stable ABI version it was compiled for.
+  s += message("abi=stable;abi_target=", (TORCH_TARGET_VERSION >> 56) & 0xff, ".",
+               (TORCH_TARGET_VERSION >> 48) & 0xff, ";");
 #ifdef WKV_HAVE_X86_KERNELS
-  os << "cpu_kernels=avx512,avx2,scalar;";
+  s += "cpu_kernels=avx512,avx2,scalar;";
 #else
-  os << "cpu_kernels=scalar;";
+  s += "cpu_kernels=scalar;";
 #endif
 #ifdef WKV_CUDA_ARCHS
-  os << "cuda_archs=" << WKV_CUDA_ARCHS << ";";
+  s += "cuda_archs=" WKV_CUDA_ARCHS ";";
 #endif
-  os << "cpu_isa=" << cpu_isa();
-  return os.str();
+#ifdef WKV_CUDA_VERSION
+  s += "cuda_version=" WKV_CUDA_VERSION ";";
+#endif
+  s += "cpu_isa=" + cpu_isa();
+  return s;
+}
+
+std::string cpu_isa_op(std::optional<std::string> set) {
+  return set.has_value() ? set_cpu_isa(*set) : cpu_isa();
 }
 
 }  // namespace
 
 int64_t chunk_setting() { return chunk_setting_ref().load(); }
 
-namespace {
-
-std::string cpu_isa_op(const std::optional<std::string>& set) {
-  return set.has_value() ? set_cpu_isa(*set) : cpu_isa();
-}
-
-}  // namespace
-
-TORCH_LIBRARY(wkv, m) {
+STABLE_TORCH_LIBRARY(wkv, m) {
   m.def(
       "forward(int B, int T, int C, Tensor w, Tensor u, Tensor k, Tensor v, Tensor(a!) y) -> ()");
   m.def(
@@ -377,25 +419,33 @@ TORCH_LIBRARY(wkv, m) {
       "wkv_backward(Tensor time_decay, Tensor time_first, Tensor k, Tensor v, Tensor? state, "
       "Tensor gy, Tensor? gstate_out, Tensor? checkpoints=None) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("build_info() -> str", &build_info);
-  m.def("cpu_isa(str? set=None) -> str", &cpu_isa_op);
-  m.def("cuda_chunk(int? set=None) -> int", &cuda_chunk_op);
-  m.def("cuda_plan(int B, int T, int C, int sms=0) -> int", &cuda_plan_op);
+  // Tensor-free queries and settings (CompositeExplicitAutograd below: no tensor to dispatch on).
+  m.def("build_info() -> str");
+  m.def("cpu_isa(str? set=None) -> str");
+  m.def("cuda_chunk(int? set=None) -> int");
+  m.def("cuda_plan(int B, int T, int C, int sms=0) -> int");
 }
 
-TORCH_LIBRARY_IMPL(wkv, CPU, m) {
-  m.impl("forward", &legacy_forward);
-  m.impl("backward", &legacy_backward);
-  m.impl("wkv_forward", &wkv_forward);
-  m.impl("wkv_backward", &wkv_backward);
+STABLE_TORCH_LIBRARY_IMPL(wkv, CompositeExplicitAutograd, m) {
+  m.impl("build_info", TORCH_BOX(&build_info));
+  m.impl("cpu_isa", TORCH_BOX(&cpu_isa_op));
+  m.impl("cuda_chunk", TORCH_BOX(&cuda_chunk_op));
+  m.impl("cuda_plan", TORCH_BOX(&cuda_plan_op));
+}
+
+STABLE_TORCH_LIBRARY_IMPL(wkv, CPU, m) {
+  m.impl("forward", TORCH_BOX(&legacy_forward));
+  m.impl("backward", TORCH_BOX(&legacy_backward));
+  m.impl("wkv_forward", TORCH_BOX(&wkv_forward));
+  m.impl("wkv_backward", TORCH_BOX(&wkv_backward));
 }
 
 #ifdef WKV_WITH_CUDA
-TORCH_LIBRARY_IMPL(wkv, CUDA, m) {
-  m.impl("forward", &legacy_forward);
-  m.impl("backward", &legacy_backward);
-  m.impl("wkv_forward", &wkv_forward);
-  m.impl("wkv_backward", &wkv_backward);
+STABLE_TORCH_LIBRARY_IMPL(wkv, CUDA, m) {
+  m.impl("forward", TORCH_BOX(&legacy_forward));
+  m.impl("backward", TORCH_BOX(&legacy_backward));
+  m.impl("wkv_forward", TORCH_BOX(&wkv_forward));
+  m.impl("wkv_backward", TORCH_BOX(&wkv_backward));
 }
 #endif
 

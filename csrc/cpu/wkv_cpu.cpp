@@ -6,10 +6,9 @@
 // bfloat16/float16 sequences are widened to float32 as they are loaded and rounded back as they
 // are stored, inside the kernel (no converted copies). "cuda_emulation" instead runs the CUDA
 // kernels' bodies over their grids (wkv_emulate.cpp): for tests, never the default.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <c10/util/Exception.h>
+#include <torch/csrc/stable/ops.h>
 
+#include <array>
 #include <atomic>
 
 #include "../wkv_launch.h"
@@ -47,18 +46,18 @@ const char* isa_name(Isa isa) {
 }
 
 template <class S, class I>
-CpuArgs<S, I> make_args(const Launch& a, const at::Tensor& w) {
+CpuArgs<S, I> make_args(const Launch& a, const Tensor& w) {
   CpuArgs<S, I> c;
   c.B = a.B;
   c.T = a.T;
   c.C = a.C;
-  c.nthreads = at::get_num_threads();
-  c.w = w.data_ptr<S>();
-  c.u = a.u.data_ptr<S>();
-  c.k = static_cast<const I*>(a.k.const_data_ptr());
-  c.v = static_cast<const I*>(a.v.const_data_ptr());
-  c.state_in = a.state_in.defined() ? a.state_in.data_ptr<S>() : nullptr;
-  c.checkpoints = a.checkpoints.defined() ? a.checkpoints.data_ptr<S>() : nullptr;
+  c.nthreads = static_cast<int>(torch::stable::get_num_threads());
+  c.w = ptr_or_null<const S>(w);
+  c.u = ptr_or_null<const S>(a.u);
+  c.k = ptr_or_null<const I>(a.k);
+  c.v = ptr_or_null<const I>(a.v);
+  c.state_in = ptr_or_null<const S>(a.state_in);
+  c.checkpoints = ptr_or_null<S>(a.checkpoints);
   return c;
 }
 
@@ -88,36 +87,47 @@ bool run_backward(const CpuArgs<double>& c) { return backward_cpu_scalar(c); }
 constexpr const char* kOutOfMemory =
     "wkv: the CPU kernel could not allocate its scratch memory (out of memory)";
 
-// The decay w = -exp(time_decay) when the launch carries time_decay.
-at::Tensor decay(const Launch& a) { return a.w_is_log ? at::neg(at::exp(a.w)) : a.w; }
+// An elementwise aten op through the stable dispatcher (bit-identical to torch.<name> in Python).
+Tensor call_unary(const char* name, const Tensor& x) {
+  std::array<StableIValue, 1> stack{torch::stable::detail::from(x)};
+  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher(name, "", stack.data(), TORCH_ABI_VERSION));
+  return torch::stable::detail::to<Tensor>(stack[0]);
+}
+
+// The decay w = -exp(time_decay) when the launch carries time_decay: torch's own exp, so the
+// functional ops and RWKV-LM's (w formed in Python) give the same bits.
+Tensor decay(const Launch& a) {
+  return a.w_is_log ? call_unary("aten::neg", call_unary("aten::exp", a.w)) : a.w;
+}
 
 template <class S, class I>
 void forward_typed(const Launch& a) {
-  const at::Tensor w = decay(a);
+  const Tensor w = decay(a);
   CpuArgs<S, I> c = make_args<S, I>(a, w);
-  c.y = static_cast<I*>(a.y.data_ptr());
-  c.state_out = a.state_out.defined() ? a.state_out.data_ptr<S>() : nullptr;
-  TORCH_CHECK(run_forward(c), kOutOfMemory);
+  c.y = ptr_or_null<I>(a.y);
+  c.state_out = ptr_or_null<S>(a.state_out);
+  WKV_CHECK(run_forward(c), kOutOfMemory);
 }
 
 template <class S, class I>
 void backward_typed(const Launch& a) {
-  const at::Tensor w = decay(a);
+  const Tensor w = decay(a);
   CpuArgs<S, I> c = make_args<S, I>(a, w);
-  c.gy = static_cast<const I*>(a.gy.const_data_ptr());
-  c.gstate_out = a.gstate_out.defined() ? a.gstate_out.data_ptr<S>() : nullptr;
-  c.gk = static_cast<I*>(a.gk.data_ptr());
-  c.gv = static_cast<I*>(a.gv.data_ptr());
+  c.gy = ptr_or_null<const I>(a.gy);
+  c.gstate_out = ptr_or_null<const S>(a.gstate_out);
+  c.gk = ptr_or_null<I>(a.gk);
+  c.gv = ptr_or_null<I>(a.gv);
   // The kernels accumulate per row; a (C,) gradient is that, summed.
-  const at::Tensor gw = a.sum_rows ? at::zeros({a.B, a.C}, a.gw.options()) : a.gw;
-  const at::Tensor gu = a.sum_rows ? at::zeros({a.B, a.C}, a.gu.options()) : a.gu;
-  c.gw = gw.data_ptr<S>();
-  c.gu = gu.data_ptr<S>();
-  c.gstate_in = a.gstate_in.defined() ? a.gstate_in.data_ptr<S>() : nullptr;
-  TORCH_CHECK(run_backward(c), kOutOfMemory);
+  const Tensor gw = a.sum_rows ? torch::stable::new_zeros(a.gw, {a.B, a.C}) : a.gw;
+  const Tensor gu = a.sum_rows ? torch::stable::new_zeros(a.gu, {a.B, a.C}) : a.gu;
+  c.gw = ptr_or_null<S>(gw);
+  c.gu = ptr_or_null<S>(gu);
+  c.gstate_in = ptr_or_null<S>(a.gstate_in);
+  WKV_CHECK(run_backward(c), kOutOfMemory);
   if (a.sum_rows) {
-    a.gw.copy_(gw.sum(0));
-    a.gu.copy_(gu.sum(0));
+    Tensor gw_out = a.gw, gu_out = a.gu;
+    torch::stable::sum_out(gw_out, gw, std::vector<int64_t>{0});
+    torch::stable::sum_out(gu_out, gu, std::vector<int64_t>{0});
   }
 }
 
@@ -125,9 +135,9 @@ void backward_typed(const Launch& a) {
 template <class Fn>
 void dispatch_types(const Launch& a, Fn fn) {
   switch (a.k.scalar_type()) {
-    case at::kDouble: return fn.template operator()<double, double>();
-    case at::kBFloat16: return fn.template operator()<float, Bf16>();
-    case at::kHalf: return fn.template operator()<float, Half16>();
+    case ScalarType::Double: return fn.template operator()<double, double>();
+    case ScalarType::BFloat16: return fn.template operator()<float, Bf16>();
+    case ScalarType::Half: return fn.template operator()<float, Half16>();
     default: return fn.template operator()<float, float>();
   }
 }
@@ -161,11 +171,11 @@ std::string set_cpu_isa(const std::string& name) {
     isa_setting().store(static_cast<int>(Isa::CudaEmulation));
     return isa_name(Isa::CudaEmulation);
   } else {
-    TORCH_CHECK_VALUE(false,
+    WKV_CHECK_VALUE(false,
                       "isa must be one of 'auto', 'avx512', 'avx2', 'scalar', 'cuda_emulation'; "
                       "got '", name, "'");
   }
-  TORCH_CHECK(static_cast<int>(want) <= static_cast<int>(best), "isa '", name,
+  WKV_CHECK(static_cast<int>(want) <= static_cast<int>(best), "isa '", name,
               "' is not supported by this processor/build (best available: '", isa_name(best),
               "')");
   isa_setting().store(static_cast<int>(want));

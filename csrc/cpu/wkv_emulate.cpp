@@ -4,7 +4,7 @@
 // test this way too, so chunk boundaries and indexing are checked on machines without a GPU.
 // Only launch configuration and memory-system effects are left to a real GPU run. (Host code
 // uses the accurate exp and division; the GPU uses __expf and __fdividef, see csrc/wkv.h.)
-#include <ATen/Parallel.h>
+#include <torch/csrc/stable/ops.h>
 
 #include "../wkv_cuda_driver.h"
 
@@ -16,7 +16,7 @@ struct EmulatedGpu {
   template <class Body, class TIn, class S>
   void run(int64_t threads, const ScanArgs<TIn, S>& args) {
     // The threads of one pass are independent by design, so they may run in any order.
-    at::parallel_for(0, threads, 16, [&](int64_t begin, int64_t end) {
+    torch::stable::parallel_for(0, threads, 16, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) Body::run(i, args);
     });
   }
