@@ -32,7 +32,7 @@ void dispatch_scan_types(const Launch& a, Fn fn) {
 
 // A new uninitialised buffer of the math dtype on the launch's device.
 inline Tensor math_buffer(const Launch& a, torch::headeronly::IntHeaderOnlyArrayRef sizes) {
-  return torch::stable::new_empty(a.w, sizes);
+  return new_tensor(sizes, a.w.scalar_type(), a.w);
 }
 
 template <class TIn, class S>

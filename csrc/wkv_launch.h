@@ -37,6 +37,12 @@ struct Launch {
   Tensor gstate_in;       // (B, 3, C) math dtype, or undefined: written
 };
 
+// A new uninitialised contiguous tensor of `dtype` on `like`'s device. Through the stable C
+// shim's aoti_torch_empty_strided: a direct call, several times cheaper than the boxed
+// dispatcher call of torch::stable::empty, and this is on every op's path.
+Tensor new_tensor(torch::headeronly::IntHeaderOnlyArrayRef sizes, ScalarType dtype,
+                  const Tensor& like);
+
 // The data of an optional tensor: nullptr when undefined.
 template <class T>
 T* ptr_or_null(const Tensor& t) {

@@ -157,11 +157,6 @@ Tensor as_contiguous(const Tensor& x, ScalarType dtype) {
   return t.is_contiguous() ? t : torch::stable::contiguous(t);
 }
 
-// A new uninitialised tensor of `dtype` on `like`'s device.
-Tensor empty_like_device(IntHeaderOnlyArrayRef sizes, ScalarType dtype, const Tensor& like) {
-  return torch::stable::empty(sizes, dtype, std::nullopt, like.device());
-}
-
 void launch_forward(const Launch& a) {
   if (a.k.is_cuda()) {
 #ifdef WKV_WITH_CUDA
@@ -216,8 +211,8 @@ Launch legacy_launch(const char* op, int64_t B, int64_t T, int64_t C, const Tens
   return a;
 }
 
-void legacy_forward(int64_t B, int64_t T, int64_t C, Tensor w, Tensor u, Tensor k, Tensor v,
-                    Tensor y) {
+void legacy_forward(int64_t B, int64_t T, int64_t C, const Tensor& w, const Tensor& u,
+                    const Tensor& k, const Tensor& v, const Tensor& y) {
   const char* op = "wkv.forward";
   Launch a = legacy_launch(op, B, T, C, w, u, k, v);
   check_buffer(op, y, "y", k.scalar_type(), "the same as k", k, "(B, T, C)", {B, T, C});
@@ -226,8 +221,9 @@ void legacy_forward(int64_t B, int64_t T, int64_t C, Tensor w, Tensor u, Tensor 
   launch_forward(a);
 }
 
-void legacy_backward(int64_t B, int64_t T, int64_t C, Tensor w, Tensor u, Tensor k, Tensor v,
-                     Tensor gy, Tensor gw, Tensor gu, Tensor gk, Tensor gv) {
+void legacy_backward(int64_t B, int64_t T, int64_t C, const Tensor& w, const Tensor& u,
+                     const Tensor& k, const Tensor& v, const Tensor& gy, const Tensor& gw,
+                     const Tensor& gu, const Tensor& gk, const Tensor& gv) {
   const char* op = "wkv.backward";
   Launch a = legacy_launch(op, B, T, C, w, u, k, v);
   const auto math = a.w.scalar_type();
@@ -280,15 +276,16 @@ Launch functional_launch(const char* op, const Tensor& time_decay, const Tensor&
 
 int64_t num_checkpoints(int64_t T) { return (T + kCheckpointSteps - 1) / kCheckpointSteps; }
 
-std::tuple<Tensor, Tensor, Tensor> wkv_forward(Tensor time_decay, Tensor time_first, Tensor k,
-                                               Tensor v, std::optional<Tensor> state,
+std::tuple<Tensor, Tensor, Tensor> wkv_forward(const Tensor& time_decay,
+                                               const Tensor& time_first, const Tensor& k,
+                                               const Tensor& v, const std::optional<Tensor>& state,
                                                bool save_checkpoints) {
   Launch a = functional_launch("wkv.wkv_forward", time_decay, time_first, k, v, state);
   const auto math = a.w.scalar_type();
-  a.y = empty_like_device({a.B, a.T, a.C}, a.k.scalar_type(), a.k);
-  a.state_out = empty_like_device({a.B, 3, a.C}, math, a.k);
+  a.y = new_tensor({a.B, a.T, a.C}, a.k.scalar_type(), a.k);
+  a.state_out = new_tensor({a.B, 3, a.C}, math, a.k);
   // Always returned (the schema has three outputs); (B, 0, 3, C) when not asked for.
-  const Tensor checkpoints = empty_like_device(
+  const Tensor checkpoints = new_tensor(
       {a.B, save_checkpoints ? num_checkpoints(a.T) : 0, 3, a.C}, math, a.k);
   if (save_checkpoints) a.checkpoints = checkpoints;
   launch_forward(a);
@@ -296,8 +293,9 @@ std::tuple<Tensor, Tensor, Tensor> wkv_forward(Tensor time_decay, Tensor time_fi
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> wkv_backward(
-    Tensor time_decay, Tensor time_first, Tensor k, Tensor v, std::optional<Tensor> state,
-    Tensor gy, std::optional<Tensor> gstate_out, std::optional<Tensor> checkpoints) {
+    const Tensor& time_decay, const Tensor& time_first, const Tensor& k, const Tensor& v,
+    const std::optional<Tensor>& state, const Tensor& gy, const std::optional<Tensor>& gstate_out,
+    const std::optional<Tensor>& checkpoints) {
   const char* op = "wkv.wkv_backward";
   Launch a = functional_launch(op, time_decay, time_first, k, v, state);
   const auto math = a.w.scalar_type();
@@ -315,12 +313,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> wkv_backward(
                  "(B, ceil(T / 32), 3, C)", {a.B, num_checkpoints(a.T), 3, a.C});
     a.checkpoints = as_contiguous(*checkpoints, math);
   }
-  a.gk = empty_like_device({a.B, a.T, a.C}, a.k.scalar_type(), a.k);
-  a.gv = empty_like_device({a.B, a.T, a.C}, a.k.scalar_type(), a.k);
-  a.gw = empty_like_device({a.C}, math, a.k);
-  a.gu = empty_like_device({a.C}, math, a.k);
+  a.gk = new_tensor({a.B, a.T, a.C}, a.k.scalar_type(), a.k);
+  a.gv = new_tensor({a.B, a.T, a.C}, a.k.scalar_type(), a.k);
+  a.gw = new_tensor({a.C}, math, a.k);
+  a.gu = new_tensor({a.C}, math, a.k);
   a.sum_rows = true;
-  a.gstate_in = empty_like_device({a.B, 3, a.C}, math, a.k);
+  a.gstate_in = new_tensor({a.B, 3, a.C}, math, a.k);
   launch_backward(a);
   const auto back = [](const Tensor& g, const Tensor& like) {
     return g.scalar_type() == like.scalar_type() ? g : torch::stable::to(g, like.scalar_type());
@@ -396,13 +394,33 @@ std::string build_info() {
   return s;
 }
 
-std::string cpu_isa_op(std::optional<std::string> set) {
+std::string cpu_isa_op(const std::optional<std::string>& set) {
   return set.has_value() ? set_cpu_isa(*set) : cpu_isa();
 }
 
 }  // namespace
 
 int64_t chunk_setting() { return chunk_setting_ref().load(); }
+
+Tensor new_tensor(IntHeaderOnlyArrayRef sizes, ScalarType dtype, const Tensor& like) {
+  int64_t strides[8];
+  const int64_t ndim = static_cast<int64_t>(sizes.size());
+  WKV_CHECK(ndim <= 8, "wkv: internal error: a ", ndim, "-dimensional buffer");
+  int64_t stride = 1;
+  for (int64_t i = ndim - 1; i >= 0; --i) {
+    strides[i] = stride;
+    stride *= sizes[i] > 1 ? sizes[i] : 1;
+  }
+  int32_t device_type = 0;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
+  const int32_t shim_dtype =
+      torch::stable::detail::to<int32_t>(torch::stable::detail::from(dtype));
+  AtenTensorHandle handle = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(ndim, sizes.data(), strides, shim_dtype,
+                                                         device_type, like.get_device_index(),
+                                                         &handle));
+  return Tensor(handle);
+}
 
 STABLE_TORCH_LIBRARY(wkv, m) {
   m.def(

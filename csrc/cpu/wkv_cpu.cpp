@@ -95,14 +95,20 @@ Tensor call_unary(const char* name, const Tensor& x) {
 }
 
 // The decay w = -exp(time_decay) when the launch carries time_decay: torch's own exp, so the
-// functional ops and RWKV-LM's (w formed in Python) give the same bits.
+// functional ops and RWKV-LM's (w formed in Python) give the same bits; the negation (exact)
+// in place, which saves a dispatcher call.
+template <class S>
 Tensor decay(const Launch& a) {
-  return a.w_is_log ? call_unary("aten::neg", call_unary("aten::exp", a.w)) : a.w;
+  if (!a.w_is_log) return a.w;
+  Tensor w = call_unary("aten::exp", a.w);
+  S* p = static_cast<S*>(w.data_ptr());
+  for (int64_t c = 0; c < a.C; ++c) p[c] = -p[c];
+  return w;
 }
 
 template <class S, class I>
 void forward_typed(const Launch& a) {
-  const Tensor w = decay(a);
+  const Tensor w = decay<S>(a);
   CpuArgs<S, I> c = make_args<S, I>(a, w);
   c.y = ptr_or_null<I>(a.y);
   c.state_out = ptr_or_null<S>(a.state_out);
@@ -111,15 +117,20 @@ void forward_typed(const Launch& a) {
 
 template <class S, class I>
 void backward_typed(const Launch& a) {
-  const Tensor w = decay(a);
+  const Tensor w = decay<S>(a);
   CpuArgs<S, I> c = make_args<S, I>(a, w);
   c.gy = ptr_or_null<const I>(a.gy);
   c.gstate_out = ptr_or_null<const S>(a.gstate_out);
   c.gk = ptr_or_null<I>(a.gk);
   c.gv = ptr_or_null<I>(a.gv);
   // The kernels accumulate per row; a (C,) gradient is that, summed.
-  const Tensor gw = a.sum_rows ? torch::stable::new_zeros(a.gw, {a.B, a.C}) : a.gw;
-  const Tensor gu = a.sum_rows ? torch::stable::new_zeros(a.gu, {a.B, a.C}) : a.gu;
+  Tensor gw = a.gw, gu = a.gu;
+  if (a.sum_rows) {
+    gw = new_tensor({a.B, a.C}, a.gw.scalar_type(), a.gw);
+    gu = new_tensor({a.B, a.C}, a.gu.scalar_type(), a.gu);
+    torch::stable::zero_(gw);
+    torch::stable::zero_(gu);
+  }
   c.gw = ptr_or_null<S>(gw);
   c.gu = ptr_or_null<S>(gu);
   c.gstate_in = ptr_or_null<S>(a.gstate_in);
