@@ -27,8 +27,10 @@ def load() -> None:
     except OSError as e:
         raise ImportError(
             f"rwkv_wkv: could not load {spec.origin}: {e}\n"
-            f"It was probably built against a different torch than the one running "
-            f"({torch.__version__}). Rebuild with `pip install --no-build-isolation .`."
+            f"The library is built on torch's stable ABI and loads under torch >= 2.10 (running: "
+            f"{torch.__version__}, CUDA {torch.version.cuda or 'none'}). A CUDA wheel needs a CUDA "
+            f"build of torch with the same CUDA major version; the CPU wheel works with any. "
+            f"Otherwise rebuild with `pip install --no-build-isolation .`."
         ) from e
     _loaded = True
 
@@ -37,9 +39,11 @@ def build_info() -> dict:
     """What the installed build contains.
 
     Keys: ``cuda`` (bool, CUDA kernel compiled in), ``openmp`` (bool), ``torch`` (the torch
-    version it was compiled against), ``torch_runtime`` (the one running), ``cpu_kernels``
-    (list of CPU instruction sets compiled in), ``cpu_isa`` (the one in use now) and, with
-    CUDA, ``cuda_archs`` (the SM architectures compiled).
+    version whose headers it was compiled with), ``abi`` ("stable": the LibTorch stable ABI),
+    ``abi_target`` (the oldest torch it loads under), ``torch_runtime`` (the one running),
+    ``cpu_kernels`` (list of CPU instruction sets compiled in), ``cpu_isa`` (the one in use now)
+    and, with CUDA, ``cuda_archs`` (the SM architectures compiled; "90+PTX": PTX for newer GPUs)
+    and ``cuda_version`` (the toolkit's; the wheel needs a torch of the same CUDA major).
     """
     load()
     raw = torch.ops.wkv.build_info()
