@@ -68,6 +68,22 @@ def test_bench_generate_runs(tmp_path, capsys):
     assert "| L1-d16" in capsys.readouterr().out
 
 
+def test_bench_transformers_runs(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    spec = importlib.util.spec_from_file_location("bench_transformers", ROOT / "benchmarks" / "bench_transformers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "t.json"
+    bench.main(["--layers", "1", "--hidden", "16", "--vocab", "20", "--batch", "1", "--ctx", "12", "--repeats", "1",
+                "--json", str(out)])
+    rec = json.loads(out.read_text())
+    assert rec["median"]["patched"] > 0 and rec["median"]["transformers"] > 0 and rec["speedup"] > 0
+    printed = capsys.readouterr().out
+    assert "# validate: loss" in printed and "| rwkv_wkv.patch_transformers() |" in printed
+    import rwkv_wkv
+    assert not rwkv_wkv.is_transformers_patched()  # the benchmark leaves transformers as it found it
+
+
 def test_gpu_table_format():
     """The CUDA table (formatted here from synthetic records, as no GPU is needed to check it):
     kernel rows name their plan, RWKV-LM gets a ratio column, the memory floor's ratio shows only

@@ -4,6 +4,7 @@
     y = rwkv_wkv.wkv(time_decay, time_first, k, v)                  # (B, T, C)
     y, state = rwkv_wkv.wkv_with_state(time_decay, time_first, k, v, state)
     torch.ops.wkv.forward(B, T, C, w, u, k, v, y)                   # RWKV-LM's contract
+    rwkv_wkv.patch_transformers()        # transformers' RwkvForCausalLM on this kernel
 
 See README.md for the op contract.
 """
@@ -12,6 +13,7 @@ from . import reference
 from ._library import build_info, cpu_isa, cuda_chunk_length, cuda_plan
 from .model import RWKV, RWKVConfig
 from .ops import WKVFunction, empty_state, wkv, wkv_with_state
+from .transformers_patch import is_transformers_patched, patch_transformers, unpatch_transformers
 
 __all__ = [
     "wkv",
@@ -25,5 +27,8 @@ __all__ = [
     "cuda_plan",
     "RWKV",
     "RWKVConfig",
+    "patch_transformers",
+    "unpatch_transformers",
+    "is_transformers_patched",
 ]
 __version__ = "0.1.0"
