@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -74,7 +76,7 @@ def test_bench_transformers_runs(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "t.json"
-    bench.main(["--layers", "1", "--hidden", "16", "--vocab", "20", "--batch", "1", "--ctx", "12", "--repeats", "1",
+    bench.main(["--layers", "2", "--hidden", "16", "--vocab", "20", "--batch", "1", "--ctx", "12", "--repeats", "1",
                 "--json", str(out)])
     rec = json.loads(out.read_text())
     assert rec["median"]["patched"] > 0 and rec["median"]["transformers"] > 0 and rec["speedup"] > 0
