@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import math
 import os
 import sys
 import time
@@ -95,9 +96,14 @@ def pick_tokenizer(spec, checkpoint, vocab_size):
     return tok
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit status 2, like every other bad input
+        raise CliError(message)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m rwkv_wkv.generate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = _Parser(prog="python -m rwkv_wkv.generate", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("checkpoint", help="Hugging Face RWKV directory, RWKV-LM .pth, or trainer checkpoint")
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--tokenizer", default=None, help="'bytes' or a tokenizer.json (default: the checkpoint's own, or bytes for vocab 256)")
@@ -108,24 +114,46 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="weights' dtype (default fp32)")
-    args = p.parse_args(argv)
     try:
-        return run(args)
+        return run(p.parse_args(argv))
     except CliError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. piped into `head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def check_args(args):
+    """Every option's value, checked before anything is loaded."""
+    if args.max_new_tokens < 1:
+        raise CliError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise CliError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise CliError(f"--top-p must be in (0, 1] (1 = off), got {args.top_p}")
+    if args.top_k is not None and args.top_k < 1:
+        raise CliError(f"--top-k must be >= 1, got {args.top_k}")
+    if not args.prompt:
+        raise CliError("--prompt is empty: give some text to continue")
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise CliError(f"--device must be cpu or cuda (or cuda:N), got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda, but no GPU is available")
+    return device
 
 
 def run(args):
     from .model import RWKV
 
-    if args.max_new_tokens < 1:
-        raise CliError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if not args.prompt:
-        raise CliError("--prompt is empty: give some text to continue")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda, but no GPU is available")
+    device = check_args(args)
     try:
         model = RWKV.from_checkpoint(args.checkpoint)
     except (FileNotFoundError, ValueError, ImportError) as e:
@@ -140,6 +168,11 @@ def run(args):
     print(f"# {args.checkpoint}: L{model.config.n_layer}-d{model.config.n_embd}, vocab {model.config.vocab_size}, "
           f"{model.num_params() / 1e6:.1f}M parameters, {device.type} {args.dtype}; prompt {len(ids)} tokens",
           file=sys.stderr, flush=True)
+    # A tokenizer smaller than the model's (padded) vocabulary: ids it cannot decode are masked.
+    vocab_limit = tok.vocab_size if tok.vocab_size < model.config.vocab_size else None
+    if vocab_limit is not None:
+        print(f"# the tokenizer has {tok.vocab_size} tokens, the model {model.config.vocab_size}: "
+              f"ids >= {tok.vocab_size} are never sampled", file=sys.stderr, flush=True)
     decode = tok.stream_decoder()
     times = []
 
@@ -152,7 +185,7 @@ def run(args):
     sys.stdout.flush()
     t0 = time.perf_counter()
     model.generate(torch.tensor(ids), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, seed=args.seed, stream=show)
+                   top_p=args.top_p, seed=args.seed, stream=show, vocab_limit=vocab_limit)
     sys.stdout.write("\n")
     sys.stdout.flush()
     prompt_s = times[0] - t0

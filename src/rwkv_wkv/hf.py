@@ -83,12 +83,16 @@ def is_hf_directory(path) -> bool:
 
 
 def _read_tensors(directory):
-    """Every tensor of a save_pretrained directory, by its Hugging Face name."""
+    """Every tensor of a save_pretrained directory, by its Hugging Face name. A missing weight
+    file is FileNotFoundError, an unreadable one ValueError, each naming the file."""
     files = sorted(os.listdir(directory))
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index}: not a readable safetensors index ({type(e).__name__}: {e})") from e
     else:
         shards = [f for f in files if f.endswith(".safetensors")]
     if shards:
@@ -98,36 +102,71 @@ def _read_tensors(directory):
             raise ImportError("reading safetensors needs the safetensors package: pip install 'rwkv_wkv[hf]'") from e
         tensors = {}
         for shard in shards:
-            tensors.update(load_file(os.path.join(directory, shard)))
+            file = os.path.join(directory, shard)
+            if not os.path.isfile(file):
+                raise FileNotFoundError(f"{file}: named by {os.path.basename(index)} but not there")
+            try:
+                tensors.update(load_file(file))
+            except Exception as e:  # safetensors raises its own SafetensorError (and OSError)
+                raise ValueError(f"{file}: not a readable safetensors file ({type(e).__name__}: {e})") from e
         return tensors
     bins = [f for f in files if f.startswith("pytorch_model") and f.endswith(".bin")]
     if not bins:
         raise ValueError(f"{directory}: no model.safetensors or pytorch_model.bin next to {CONFIG}")
     tensors = {}
     for b in bins:
-        tensors.update(torch.load(os.path.join(directory, b), map_location="cpu", weights_only=True))
+        file = os.path.join(directory, b)
+        try:
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{file}: not a readable PyTorch weight file ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{file}: expected a dict of tensors, got {type(loaded).__name__}")
+        tensors.update(loaded)
     return tensors
+
+
+def _read_config(directory):
+    """The RWKV config.json of `directory`, checked; ValueError naming the file otherwise."""
+    path = os.path.join(directory, CONFIG)
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({type(e).__name__}: {e})") from e
+    if not isinstance(cfg, dict) or cfg.get("model_type") != "rwkv":
+        got = cfg.get("model_type") if isinstance(cfg, dict) else type(cfg).__name__
+        raise ValueError(f"{path}: not a Hugging Face RWKV config (model_type {got!r}, expected 'rwkv')")
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
+        if key not in cfg:
+            raise ValueError(f"{path}: has no {key!r}")
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise ValueError(f"{path}: {key!r} must be a positive integer, got {cfg[key]!r}")
+    return cfg
 
 
 def load_hf(directory, ctx_len=None):
     """(RWKVConfig, state dict with our names) from a Hugging Face RWKV directory."""
     from .model import RWKVConfig
 
-    with open(os.path.join(directory, CONFIG)) as f:
-        cfg = json.load(f)
+    cfg = _read_config(directory)
     hidden = cfg["hidden_size"]
     att = cfg.get("attention_hidden_size") or hidden
     if att != hidden:
         raise ValueError(f"{directory}: attention_hidden_size {att} != hidden_size {hidden}; RWKV-4 as "
                          f"implemented here has square attention matrices")
-    config = RWKVConfig(
-        vocab_size=cfg["vocab_size"],
-        n_layer=cfg["num_hidden_layers"],
-        n_embd=hidden,
-        ctx_len=ctx_len or cfg.get("context_length", 1024),
-        dim_ffn=cfg.get("intermediate_size") or 4 * hidden,
-        layer_norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
-    )
+    try:
+        config = RWKVConfig(
+            vocab_size=cfg["vocab_size"],
+            n_layer=cfg["num_hidden_layers"],
+            n_embd=hidden,
+            ctx_len=ctx_len or cfg.get("context_length", 1024),
+            dim_ffn=cfg.get("intermediate_size") or 4 * hidden,
+            layer_norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+        )
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{os.path.join(directory, CONFIG)}: {e}") from e
     tensors = _read_tensors(directory)
     sd = {}
     for name, t in tensors.items():

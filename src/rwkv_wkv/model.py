@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 
 import torch
@@ -302,14 +303,22 @@ class RWKV(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
-                 cuda_graph=True, stream=None):
+                 cuda_graph=True, stream=None, vocab_limit=None):
         """Samples continuations. prompt_ids: (B, T) or (T,) ids (T >= 1; B prompts of one
         length). The prompt runs in GPT mode (one call, logits of its last position only), then
         each new token costs one RNN step, updating one state tensor in place; on CUDA that step
         is captured once as a CUDA graph and replayed (``cuda_graph=False`` to run it eagerly).
-        ``stream``: called with each new (B,) tensor of ids as it is sampled. Returns (B, T + new)."""
-        if temperature < 0:
+        ``stream``: called with each new (B,) tensor of ids as it is sampled. ``vocab_limit``:
+        only ids below it are ever produced (a tokenizer smaller than the model's padded
+        vocabulary cannot decode the rest). Returns (B, T + new)."""
+        if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if vocab_limit is not None and not 1 <= vocab_limit <= self.config.vocab_size:
+            raise ValueError(f"vocab_limit must be in [1, {self.config.vocab_size}], got {vocab_limit}")
+        if vocab_limit == self.config.vocab_size:
+            vocab_limit = None
         idx = torch.as_tensor(prompt_ids, device=self.emb.weight.device)
         squeeze = idx.dim() == 1
         idx = idx.view(1, -1) if squeeze else idx
@@ -321,8 +330,13 @@ class RWKV(nn.Module):
         logits = logits[:, -1]
         step = self._graphed_step(state) if cuda_graph and idx.device.type == "cuda" else None
         out = [idx]
+        # ids the caller's tokenizer cannot decode are never sampled
+        beyond = None if vocab_limit is None else torch.arange(self.config.vocab_size, device=idx.device) >= vocab_limit
         for i in range(max_new_tokens):
-            nxt = sample(logits.float(), temperature, top_k, top_p, gen)
+            logits = logits.float()
+            if beyond is not None:
+                logits = logits.masked_fill(beyond, float("-inf"))
+            nxt = sample(logits, temperature, top_k, top_p, gen)
             out.append(nxt[:, None])
             if stream is not None:
                 stream(nxt)
@@ -384,8 +398,8 @@ class RWKV(nn.Module):
     @staticmethod
     def config_from_state_dict(sd, ctx_len=1024) -> RWKVConfig:
         """Infers vocab_size, n_embd, n_layer and dim_ffn from an RWKV-LM v4 state dict."""
-        if "emb.weight" not in sd:
-            raise ValueError("not an RWKV-4 state dict: it has no 'emb.weight'")
+        if not isinstance(sd.get("emb.weight"), torch.Tensor) or sd["emb.weight"].dim() != 2:
+            raise ValueError("not an RWKV-4 state dict: it has no 2-D 'emb.weight'")
         vocab, C = sd["emb.weight"].shape
         layers = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.")}
         n_layer = max(layers) + 1 if layers else 0
@@ -396,37 +410,43 @@ class RWKV(nn.Module):
     def from_checkpoint(cls, path, map_location="cpu", ctx_len=None):
         """Loads any supported checkpoint: a Hugging Face RWKV directory (save_pretrained's
         config.json + safetensors or .bin), an RWKV-LM v4 ``.pth`` (a bare state dict), or one
-        of our trainer checkpoints (a dict with "model" and "config")."""
+        of our trainer checkpoints (a dict with "model" and "config").
+
+        An unusable checkpoint raises FileNotFoundError (a missing path or weight file) or
+        ValueError naming the file and what is wrong with it; nothing is written anywhere."""
         from . import hf
 
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
         if os.path.isdir(path):
-            if not hf.is_hf_directory(path):
+            if not os.path.isfile(os.path.join(path, hf.CONFIG)):
                 raise ValueError(f"{path}: a directory, but not a Hugging Face RWKV checkpoint "
-                                 f"(no {hf.CONFIG} with model_type 'rwkv')")
+                                 f"(no {hf.CONFIG} in it)")
             config, sd = hf.load_hf(path, ctx_len)
-            model = cls(config)
-            model.load_state_dict(sd, strict=True)
-            return model.to(map_location)
+            return _build(cls, config, sd, path).to(map_location)
         try:
             obj = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:
-            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_line(e)})") from e
         if isinstance(obj, dict) and "model" in obj and "config" in obj:
+            if not isinstance(obj["config"], dict) or not isinstance(obj["model"], dict):
+                raise ValueError(f"{path}: a trainer checkpoint whose 'config' or 'model' is not a dict")
             cfg = dict(obj["config"])
             if ctx_len is not None:
                 cfg["ctx_len"] = ctx_len
-            model = cls(RWKVConfig(**cfg))
-            model.load_state_dict(obj["model"], strict=True)
-            return model
+            try:
+                config = RWKVConfig(**cfg)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}: its config does not describe an RWKV-4 model ({e})") from e
+            return _build(cls, config, obj["model"], path)
         if not isinstance(obj, dict):
             raise ValueError(f"{path}: expected a state dict or a trainer checkpoint, got {type(obj).__name__}")
-        config = cls.config_from_state_dict(obj, ctx_len or 1024)
-        model = cls(config)
-        model.load_state_dict(obj, strict=True)
-        return model
+        try:
+            config = cls.config_from_state_dict(obj, ctx_len or 1024)
+        except (ValueError, AttributeError, IndexError, TypeError) as e:
+            raise ValueError(f"{path}: {_first_line(e)}") from e
+        return _build(cls, config, obj, path)
 
     def save_hf(self, directory):
         """Writes a Hugging Face directory (config.json + model.safetensors) that transformers'
@@ -446,6 +466,46 @@ class RWKV(nn.Module):
 
     def config_dict(self):
         return asdict(self.config)
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _build(cls, config, sd, path):
+    """The model of `config` with the weights `sd` from `path`; a mismatch is one ValueError
+    naming the file and what does not fit (instead of load_state_dict's multi-line report)."""
+    model = cls(config)
+    own = model.state_dict()
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor")
+    layers = {int(k.split(".")[1]) for k in sd if re.match(r"blocks\.\d+\.", k)}
+    if layers and len(layers) != config.n_layer:
+        raise ValueError(f"{path}: its config says {config.n_layer} layers, but the weights hold "
+                         f"{len(layers)} (blocks {min(layers)}..{max(layers)})")
+
+    def listed(names):
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    problems = []
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} is {tuple(sd[k].shape)} in the file but {tuple(own[k].shape)} for the config"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing:
+        problems.append(f"missing {listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {listed(unexpected)}")
+    if shapes:
+        problems.append(listed(shapes))
+    if problems:
+        raise ValueError(f"{path}: the weights do not fit the model its config describes "
+                         f"(L{config.n_layer}-d{config.n_embd}, vocab {config.vocab_size}): "
+                         + "; ".join(problems))
+    model.load_state_dict(sd, strict=True)
+    return model
 
 
 def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
