@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .ops import wkv_with_state
 from .reference import EMPTY_EXPONENT
@@ -67,14 +68,15 @@ class L2Wrap(torch.autograd.Function):
     def forward(ctx, loss, logits, factor):
         ctx.save_for_backward(logits)
         ctx.factor = factor
-        return loss
+        return loss.clone()  # not the input itself (a view): FSDP2 hooks the root's outputs
 
     @staticmethod
     def backward(ctx, grad_output):
         (logits,) = ctx.saved_tensors
         scale = ctx.factor / max(1, logits.numel() // logits.shape[-1])
         maxx, ids = torch.max(logits, dim=-1, keepdim=True)
-        glogits = torch.zeros_like(logits).scatter_(-1, ids, maxx * scale)
+        # times grad_output: a loss scaled by 1/N (gradient accumulation) scales this part too
+        glogits = torch.zeros_like(logits).scatter_(-1, ids, maxx * (scale * grad_output))
         return grad_output, glogits, None
 
 
@@ -198,6 +200,8 @@ class RWKV(nn.Module):
     def __init__(self, config: RWKVConfig):
         super().__init__()
         self.config = config
+        # activation checkpointing per block (training): saves memory, costs one more forward
+        self.grad_checkpoint = False
         self.emb = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd)  # eps 1e-5 always, as in RWKV-LM and transformers
@@ -245,8 +249,13 @@ class RWKV(nn.Module):
                              f"[{int(idx.min())}, {int(idx.max())}]")
         x = self.emb(idx)
         new_states = []
+        recompute = self.grad_checkpoint and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x, s = block(x, None if state is None else state[:, i])
+            block_state = None if state is None else state[:, i]
+            if recompute:  # activation checkpointing: keep the block's input, recompute the rest
+                x, s = torch.utils.checkpoint.checkpoint(block, x, block_state, use_reentrant=False)
+            else:
+                x, s = block(x, block_state)
             new_states.append(s)
         if last_only:
             if targets is not None:
