@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from rwkv_wkv import RWKV, RWKVConfig
 from rwkv_wkv.data import DataError, sample_batch
-from rwkv_wkv.tokens import load_token_corpus
+from rwkv_wkv.tokens import get_tokenizer, load_token_corpus
 
 
 # one process saves and loads its checkpoint with torch.distributed.checkpoint too: that is intended
@@ -266,6 +266,13 @@ def main(argv=None):
 
 def train(a, rank, world, device, master, say, out):
     model, tokenizer = load_model(a)
+    try:
+        tokenizer = get_tokenizer(tokenizer)
+    except DataError as e:
+        raise UsageError(str(e)) from e
+    if model is not None and tokenizer.vocab_size > model.config.vocab_size:  # before any tokenizing
+        raise UsageError(f"the tokenizer ({tokenizer.name}) has {tokenizer.vocab_size} tokens but the model only "
+                         f"{model.config.vocab_size}: they do not belong together")
     # rank 0 tokenizes (once, cached); the others wait, then memory-map the same file
     corpus, error = None, None
     for turn in ((0,), tuple(range(1, world))):
@@ -286,9 +293,6 @@ def train(a, rank, world, device, master, say, out):
         model = RWKV(RWKVConfig(vocab_size=corpus.vocab_size, n_layer=a.n_layer, n_embd=a.n_embd, ctx_len=a.ctx_len or 256))
     config = model.config
     ctx_len = config.ctx_len
-    if corpus.vocab_size > config.vocab_size:
-        raise UsageError(f"the tokenizer ({corpus.tokenizer}) has {corpus.vocab_size} tokens but the model only "
-                         f"{config.vocab_size}: they do not belong together")
     if len(corpus.train) < ctx_len + 2 or len(corpus.val) < 2:
         raise UsageError(f"{a.data}: {len(corpus.train)} training tokens is too few for --ctx-len {ctx_len}")
     say(corpus.describe())

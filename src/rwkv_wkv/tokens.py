@@ -193,6 +193,11 @@ def build_cache(files, tokenizer, dest: Path, progress=True):
     from tqdm import tqdm
 
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    # a first pass reads and checks every document (a bad .jsonl line, no text at all) before
+    # anything is written or a progress bar is shown
+    if sum(1 for text in read_documents(files) if text) == 0:
+        raise DataError(f"no text in {', '.join(str(f) for f in files[:3])}" + (" ..." if len(files) > 3 else "")
+                        + ": the data is empty")
     total_chars = sum(f.stat().st_size for f in files)
     parts = {suffix: dest.with_name(dest.name + suffix + ".part") for suffix in (".tokens", ".bytes")}
     n_tokens = n_docs = 0
@@ -215,9 +220,6 @@ def build_cache(files, tokenizer, dest: Path, progress=True):
                 fb.write(np.zeros(1, dtype=np.uint32).tobytes())
                 n_tokens += 1
                 n_docs += 1
-        if n_docs == 0:
-            raise DataError(f"no text in {', '.join(str(f) for f in files[:3])}" + (" ..." if len(files) > 3 else "")
-                            + ": the data is empty")
         for suffix, part in parts.items():
             os.replace(part, dest.with_name(dest.name + suffix))
     finally:
