@@ -86,6 +86,19 @@ def test_bench_transformers_runs(tmp_path, capsys):
     assert not rwkv_wkv.is_transformers_patched()  # the benchmark leaves transformers as it found it
 
 
+def test_bench_train_runs(tmp_path, capsys):
+    """1 process, DDP x2 and FSDP2 x2 on a tiny shape: FSDP holds half per rank, DDP all of it."""
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "train.json"
+    bench.main(["--layers", "2", "--hidden", "32", "--ctx", "8", "--steps", "1", "--json", str(out)])
+    rec = json.loads(out.read_text())
+    one, ddp, fsdp = (sum(r["held_bytes"].values()) for r in rec["records"])
+    assert ddp == one and 0.45 <= fsdp / one <= 0.55
+    assert rec["largest"]["fsdp8"] == "14B" and "| FSDP2 x2 |" in capsys.readouterr().out
+
+
 def test_gpu_table_format():
     """The CUDA table (formatted here from synthetic records, as no GPU is needed to check it):
     kernel rows name their plan, RWKV-LM gets a ratio column, the memory floor's ratio shows only

@@ -8,8 +8,10 @@
 // kernels' bodies over their grids (wkv_emulate.cpp): for tests, never the default.
 #include <torch/csrc/stable/ops.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <vector>
 
 #include "../wkv_launch.h"
 #include "wkv_cpu_args.h"
@@ -128,8 +130,8 @@ void backward_typed(const Launch& a) {
   if (a.sum_rows) {
     gw = new_tensor({a.B, a.C}, a.gw.scalar_type(), a.gw);
     gu = new_tensor({a.B, a.C}, a.gu.scalar_type(), a.gu);
-    torch::stable::zero_(gw);
-    torch::stable::zero_(gu);
+    std::fill_n(static_cast<S*>(gw.data_ptr()), a.B * a.C, S(0));  // (CPU memory: no dispatcher call)
+    std::fill_n(static_cast<S*>(gu.data_ptr()), a.B * a.C, S(0));
   }
   c.gw = ptr_or_null<S>(gw);
   c.gu = ptr_or_null<S>(gu);
