@@ -49,6 +49,7 @@ from tqdm import tqdm
 from rwkv_wkv import RWKV, RWKVConfig
 from rwkv_wkv.data import DataError, sample_batch
 from rwkv_wkv.tokens import get_tokenizer, load_token_corpus
+from rwkv_wkv.training import all_reduce_sum, cleanup, lr_at, setup_distributed
 
 
 # one process saves and loads its checkpoint with torch.distributed.checkpoint too: that is intended
@@ -114,37 +115,9 @@ def parse_args(argv=None):
     return a
 
 
-def lr_at(step, a):
-    if step < a.warmup_steps:
-        return a.lr * (step + 1) / a.warmup_steps
-    progress = (step - a.warmup_steps) / max(1, a.max_steps - a.warmup_steps)
-    return a.lr * (a.lr_final / a.lr) ** min(1.0, progress)
-
-
-# ---- set-up ------------------------------------------------------------------------------------
-def setup_distributed(a):
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device(a.device)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if a.device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return rank, world, torch.device("cuda", local)
-    dist.init_process_group("gloo")
-    return rank, world, torch.device("cpu")
-
-
 def barrier(world):
     if world > 1:
         dist.barrier()
-
-
-def all_reduce_sum(values, device, world):
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if world > 1:
-        dist.all_reduce(t)
-    return t.tolist()
 
 
 def load_model(a):
@@ -259,9 +232,7 @@ def main(argv=None):
     try:
         return train(a, rank, world, device, master, say, out)
     finally:
-        if world > 1 and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+        cleanup(world)
 
 
 def train(a, rank, world, device, master, say, out):

@@ -32,13 +32,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from rwkv_wkv import RWKV, RWKVConfig
 from rwkv_wkv.data import (DataError, bits_per_byte, eval_windows, load_corpus, sample_batch,
                            unigram_entropy_bits)
 from rwkv_wkv.model import decode_bytes
+from rwkv_wkv.training import all_reduce_sum, cleanup, lr_at, setup_distributed
 
 PRESETS = {
     # small enough to finish in a few minutes on 2 CPU cores and visibly learn
@@ -127,35 +127,6 @@ def validate_args(a):
     for ok, msg in checks:
         if not ok:
             raise SystemExit(f"error: {msg}")
-
-
-def lr_at(step, a):
-    """Linear warmup to lr, then exponential decay to lr_final at max_steps."""
-    if step < a.warmup_steps:
-        return a.lr * (step + 1) / a.warmup_steps
-    progress = (step - a.warmup_steps) / max(1, a.max_steps - a.warmup_steps)
-    return a.lr * (a.lr_final / a.lr) ** min(1.0, progress)
-
-
-# ---- distributed -----------------------------------------------------------------------------
-def setup_distributed(a):
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device(a.device)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if a.device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return rank, world, torch.device("cuda", local)
-    dist.init_process_group("gloo")
-    return rank, world, torch.device("cpu")
-
-
-def all_reduce_sum(values, device, world):
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if world > 1:
-        dist.all_reduce(t)
-    return t.tolist()
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
@@ -380,14 +351,6 @@ def main(argv=None):
         say(f"wrote {out}/ckpt.pt, log.jsonl, loss.png, sample.txt, model.pth")
     cleanup(world)
     return result
-
-
-def cleanup(world):
-    if world > 1 and dist.is_initialized():
-        # tear down together: a rank that destroys its group while a peer is still working can
-        # die at exit in gloo's threads ("terminate called without an active exception")
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
