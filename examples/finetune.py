@@ -180,15 +180,28 @@ def save_checkpoint(out: Path, model, optimizer, trainer_state, rank, world):
     barrier(world)
 
 
-def load_checkpoint(out: Path, model, optimizer):  # model: what training calls (FSDP / DDP / plain)
+def load_checkpoint(out: Path, model, optimizer, expected: dict):
+    """The trainer state of out/ckpt, after loading its shards into `model` (what training calls:
+    FSDP / DDP / plain) and `optimizer`; refused unless it was made by a run like this one."""
     path = out / "ckpt"
     if not (path / "trainer_state.pt").exists():
         raise UsageError(f"--resume: no checkpoint in {path}")
+    try:
+        st = torch.load(path / "trainer_state.pt", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"--resume: {path / 'trainer_state.pt'} is unreadable ({type(e).__name__})") from e
+    if any(st.get(k) != v for k, v in expected.items()):
+        raise UsageError(f"--resume: {path} was made with another model, world size or batch "
+                         f"({ {k: st.get(k) for k in expected} })")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    try:
+        dcp.load(state, checkpoint_id=str(path))
+    except Exception as e:
+        raise UsageError(f"--resume: the shards in {path} are unreadable ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return torch.load(path / "trainer_state.pt", weights_only=True)
+    return st
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -282,9 +295,8 @@ def train(a, rank, world, device, master, say, out):
     data_gen = torch.Generator().manual_seed(a.seed)  # identical on every rank: one global batch
     step, records = 0, []
     if a.resume:
-        st = load_checkpoint(out, train_model, optimizer)
-        if st["config"] != vars(config) or st["world"] != world or st["micro"] != (a.batch_size, a.grad_accum):
-            raise UsageError("--resume: the checkpoint was made with another model, world size or batch")
+        st = load_checkpoint(out, train_model, optimizer,
+                             {"config": vars(config), "world": world, "micro": (a.batch_size, a.grad_accum)})
         data_gen.set_state(st["data_rng"])
         torch.set_rng_state(st["torch_rng"])
         step, records = st["step"], list(st["log"])
