@@ -39,7 +39,7 @@ template <class TIn, class S>
 ScanArgs<TIn, S> scan_args(const Launch& a, int64_t sms) {
   // In-segment offsets are 32-bit: kSeg rows of C channels must fit.
   WKV_CHECK_VALUE(a.C < (int64_t(1) << 31) / kSeg, "wkv: C must be < ", (int64_t(1) << 31) / kSeg,
-                    " for the CUDA kernels, got ", a.C);
+                  " for the CUDA kernels, got ", a.C);
   ScanArgs<TIn, S> s;
   s.B = a.B;
   s.T = a.T;

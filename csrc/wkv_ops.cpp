@@ -360,9 +360,6 @@ int64_t cuda_plan_op(int64_t B, int64_t T, int64_t C, int64_t sms) {
 
 // ---- build facts ----------------------------------------------------------------------------
 
-#define WKV_STR2(x) #x
-#define WKV_STR(x) WKV_STR2(x)
-
 std::string build_info() {
   std::string s;
 #ifdef WKV_WITH_CUDA

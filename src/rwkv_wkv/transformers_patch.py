@@ -38,8 +38,6 @@ def rwkv_linear_attention(time_decay, time_first, key, value, state=None, return
     triple or None), as transformers' own does: the state is returned when asked for or given.
     """
     math = torch.float64 if key.dtype == torch.float64 else torch.float32
-    if value.dtype != key.dtype:
-        value = value.to(key.dtype)
     ours = None if state is None else torch.stack([s.to(math) for s in state], dim=1)  # (B, 3, C)
     out, new_state = wkv_with_state(time_decay.to(math), time_first.to(math), key, value, ours)
     if return_state or state is not None:
