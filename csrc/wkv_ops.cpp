@@ -108,11 +108,14 @@ void check_contiguous(const char* op, const Tensor& x, const char* name) {
                   x.strides());
 }
 
-void check_sizes(const char* op, int64_t B, int64_t T, int64_t C) {
-  WKV_CHECK_VALUE(B >= 1, op, ": B must be >= 1, got ", B);
-  WKV_CHECK_VALUE(T >= 1, op, ": T must be >= 1, got ", T);
-  WKV_CHECK_VALUE(C >= 1, op, ": C must be >= 1, got ", C);
+// min = 0 for the ops (an empty batch, sequence or channel set is nothing to do), 1 for plans.
+void check_sizes(const char* op, int64_t B, int64_t T, int64_t C, int64_t min = 0) {
+  WKV_CHECK_VALUE(B >= min, op, ": B must be >= ", min, ", got ", B);
+  WKV_CHECK_VALUE(T >= min, op, ": T must be >= ", min, ", got ", T);
+  WKV_CHECK_VALUE(C >= min, op, ": C must be >= ", min, ", got ", C);
 }
+
+bool is_empty(const Launch& a) { return a.B == 0 || a.T == 0 || a.C == 0; }
 
 // Checks the parameters (C,) and the sequences (B, T, C) shared by every op.
 void check_common(const char* op, int64_t B, int64_t T, int64_t C, const Tensor& w,
@@ -218,7 +221,7 @@ void legacy_forward(int64_t B, int64_t T, int64_t C, const Tensor& w, const Tens
   check_buffer(op, y, "y", k.scalar_type(), "the same as k", k, "(B, T, C)", {B, T, C});
   check_contiguous(op, y, "y");
   a.y = y;
-  launch_forward(a);
+  if (!is_empty(a)) launch_forward(a);
 }
 
 void legacy_backward(int64_t B, int64_t T, int64_t C, const Tensor& w, const Tensor& u,
@@ -242,7 +245,7 @@ void legacy_backward(int64_t B, int64_t T, int64_t C, const Tensor& w, const Ten
   a.gv = gv;
   a.gw = gw;
   a.gu = gu;
-  launch_backward(a);
+  if (!is_empty(a)) launch_backward(a);  // empty: nothing to write, nothing to accumulate
 }
 
 // ---- functional ops -------------------------------------------------------------------------
@@ -254,8 +257,6 @@ Launch functional_launch(const char* op, const Tensor& time_decay, const Tensor&
   WKV_CHECK_VALUE(k.dim() == 3, op, ": k must have 3 dimensions (B, T, C), got shape ",
                   k.sizes());
   const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
-  WKV_CHECK_VALUE(B >= 1 && T >= 1 && C >= 1, op,
-                  ": k must be non-empty, (B, T, C) with each >= 1, got shape ", k.sizes());
   check_common(op, B, T, C, time_decay, "time_decay", time_first, "time_first", k, v);
   check_state(op, state, "state", k, B, C);
   const auto math = math_dtype(k);
@@ -288,7 +289,14 @@ std::tuple<Tensor, Tensor, Tensor> wkv_forward(const Tensor& time_decay,
   const Tensor checkpoints = new_tensor(
       {a.B, save_checkpoints ? num_checkpoints(a.T) : 0, 3, a.C}, math, a.k);
   if (save_checkpoints) a.checkpoints = checkpoints;
-  launch_forward(a);
+  if (!is_empty(a)) {
+    launch_forward(a);
+  } else if (a.state_in.defined()) {  // T = 0: the state passes through unchanged
+    torch::stable::copy_(a.state_out, a.state_in);
+  } else {  // the empty state: aa = bb = 0, pp = kEmptyExponent
+    torch::stable::zero_(a.state_out);
+    torch::stable::fill_(torch::stable::select(a.state_out, 1, 2), kEmptyExponent);
+  }
   return {a.y, a.state_out, checkpoints};
 }
 
@@ -319,7 +327,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> wkv_backward(
   a.gu = new_tensor({a.C}, math, a.k);
   a.sum_rows = true;
   a.gstate_in = new_tensor({a.B, 3, a.C}, math, a.k);
-  launch_backward(a);
+  if (!is_empty(a)) {
+    launch_backward(a);
+  } else {  // no step: zero parameter gradients, the state's gradient passes through
+    torch::stable::zero_(a.gw);
+    torch::stable::zero_(a.gu);
+    if (a.gstate_out.defined()) {
+      torch::stable::copy_(a.gstate_in, a.gstate_out);
+    } else {
+      torch::stable::zero_(a.gstate_in);
+    }
+  }
   const auto back = [](const Tensor& g, const Tensor& like) {
     return g.scalar_type() == like.scalar_type() ? g : torch::stable::to(g, like.scalar_type());
   };
@@ -344,7 +362,7 @@ int64_t cuda_chunk_op(std::optional<int64_t> set) {
 
 // The chunk length the CUDA kernels (sms = 0: of the current GPU, or the emulated one) would use.
 int64_t cuda_plan_op(int64_t B, int64_t T, int64_t C, int64_t sms) {
-  check_sizes("wkv.cuda_plan", B, T, C);
+  check_sizes("wkv.cuda_plan", B, T, C, 1);
   if (sms <= 0) {
     sms = kEmulatedSms;
 #ifdef WKV_WITH_CUDA

@@ -8,8 +8,10 @@ fake (meta) kernels, so torch.compile / export can trace them, and an autograd f
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as _fwAD
 
 from . import _library
+from .autodiff import wkv_autodiff
 from .reference import EMPTY_EXPONENT, math_dtype as _math_dtype
 
 _library.load()
@@ -89,6 +91,43 @@ def _legacy_backward_fake(B, T, C, w, u, k, v, gy, gw, gu, gk, gv):
     return None
 
 
+# RWKV-LM's ops write into preallocated outputs and have no derivative of their own (RWKV-LM
+# wraps them in its WKV autograd.Function, whose forward and first-order backward run with grad
+# mode off). Called where autograd would have to differentiate them — grad mode on with an input
+# that requires grad (a backward under create_graph=True, i.e. double backward), or a dual
+# tensor — they raise instead of letting autograd's fallback warn and return zeros.
+_legacy_lib = torch.library.Library("wkv", "IMPL")
+
+
+def _legacy_autograd_kernel(name):
+    op = getattr(torch.ops.wkv, name).default
+
+    def kernel(keyset, *args):
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or _has_tangent(tensors):
+            raise RuntimeError(
+                f"wkv.{name} (RWKV-LM's contract) is not differentiable: it writes into "
+                "preallocated outputs, and a derivative of it was requested (a second-order "
+                "gradient through RWKV-LM's WKV, or forward-mode AD). Use rwkv_wkv.wkv, "
+                "wkv_with_state or WKVFunction.apply, which have every derivative."
+            )
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    return kernel
+
+
+for _name in ("forward", "backward"):
+    _legacy_lib.impl(_name, _legacy_autograd_kernel(_name), "Autograd", with_keyset=True)
+
+
+def _has_tangent(tensors):
+    """Whether forward-mode AD (torch.autograd.forward_ad) carries a tangent on any of these."""
+    if _fwAD._current_level < 0 or not torch._C._is_fwd_grad_enabled():
+        return False
+    return any(t is not None and _fwAD.unpack_dual(t).tangent is not None for t in tensors)
+
+
 def _setup_context(ctx, inputs, output):
     time_decay, time_first, k, v, state, _ = inputs
     checkpoints = output[2]
@@ -99,6 +138,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, gy, gstate_out, _gcheckpoints):
     time_decay, time_first, k, v, state, checkpoints = ctx.saved_tensors
+    if _differentiable_backward(time_decay, time_first, k, v, state, gy, gstate_out):
+        # create_graph=True: the gradient must itself be differentiable (double backward).
+        return (*_autodiff_vjp(ctx.needs_input_grad, time_decay, time_first, k, v, state, gy, gstate_out), None)
     if gy is None:
         gy = torch.zeros_like(k)
     g_td, g_tf, gk, gv, gstate = torch.ops.wkv.wkv_backward(
@@ -110,9 +152,73 @@ def _backward(ctx, gy, gstate_out, _gcheckpoints):
 torch.library.register_autograd("wkv::wkv_forward", _backward, setup_context=_setup_context)
 
 
+# ---- derivatives beyond first order (autodiff.py) ----------------------------------------------
+
+
+def _differentiable_backward(*tensors):
+    """Whether a backward must build a graph of its own: grad mode is on inside a backward only
+    under ``create_graph=True``; then the kernel's gradient (a constant to autograd) would make
+    every second-order derivative silently zero."""
+    return (
+        torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and any(t is not None and t.requires_grad for t in tensors)
+    )
+
+
+def _autodiff_vjp(needs_input_grad, time_decay, time_first, k, v, state, gy, gstate_out):
+    """The gradients of (time_decay, time_first, k, v, state) through ``wkv_autodiff``, with a
+    graph (so they can be differentiated again)."""
+    primals = (time_decay, time_first, k, v, state)
+    wanted = [i for i, p in enumerate(primals) if p is not None and needs_input_grad[i] and p.requires_grad]
+    grads = [None] * len(primals)
+    if not wanted:
+        return grads
+    with torch.enable_grad():
+        y, new_state = wkv_autodiff(time_decay, time_first, k, v, state)
+        outs, gouts = [y], [torch.zeros_like(y) if gy is None else gy]
+        if gstate_out is not None:
+            outs.append(new_state)
+            gouts.append(gstate_out)
+        got = torch.autograd.grad(outs, [primals[i] for i in wanted], gouts, create_graph=True, allow_unused=True)
+    for i, g in zip(wanted, got):
+        grads[i] = torch.zeros_like(primals[i]) if g is None else g
+    return grads
+
+
+_DIFFERENTIATING_TRANSFORMS = None
+
+
+def _autodiff_requested(*tensors):
+    """Whether this call must run as plain torch ops (``wkv_autodiff``) because a transform the
+    kernels cannot serve is active: functorch's grad / jvp (torch.func.grad, vjp, jacrev,
+    jacfwd, hessian, and any composition with vmap), or forward-mode AD with a dual tensor
+    among the inputs. Plain autograd (first order, and double backward: see ``_backward``),
+    vmap alone, torch.compile and torch.export use the kernels."""
+    global _DIFFERENTIATING_TRANSFORMS
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+        if _DIFFERENTIATING_TRANSFORMS is None:
+            _DIFFERENTIATING_TRANSFORMS = (TransformType.Grad, TransformType.Jvp)
+        if any(i.key() in _DIFFERENTIATING_TRANSFORMS for i in retrieve_all_functorch_interpreters()):
+            return True
+    return _has_tangent(tensors)
+
+
 def _needs_grad(*tensors):
-    """Whether autograd will want a backward of this call: then the forward saves checkpoints."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    """Whether autograd will want a backward of this call: then the forward saves checkpoints.
+
+    Not under torch.export: the checkpoints' (B, ceil(T / 32), 3, C) shape would make export
+    specialise T; the backward recomputes them instead (the same gradients)."""
+    return (
+        torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in tensors)
+        and not torch.compiler.is_exporting()
+    )
 
 
 def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -120,7 +226,12 @@ def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: 
 
     time_decay, time_first: (C,) float32/float64; the decay is w = -exp(time_decay).
     k, v: (B, T, C) float32/float64/bfloat16/float16 (same dtype); returns y of k's dtype.
+    Derivatives of every order and in forward mode, and torch.func's transforms, are exact
+    (module docstring of ``rwkv_wkv.autodiff``).
     """
+    if _autodiff_requested(time_decay, time_first, k, v):
+        _check_fake_inputs("wkv", time_decay, time_first, k, v)
+        return wkv_autodiff(time_decay, time_first, k, v)[0]
     save = _needs_grad(time_decay, time_first, k, v)
     return torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, None, save)[0]
 
@@ -131,7 +242,12 @@ def wkv_with_state(time_decay, time_first, k, v, state=None):
     state is (B, 3, C) holding (aa, bb, pp) in the math dtype (float32; float64 for float64 k),
     or None for the empty state. Gradients flow into ``state`` too, so a sequence processed as
     consecutive segments gives the same values and gradients as one call over the whole.
+    T = 0 returns the state unchanged.
     """
+    if _autodiff_requested(time_decay, time_first, k, v, state):
+        B, _, C = _check_fake_inputs("wkv_with_state", time_decay, time_first, k, v)
+        _check_fake_state("wkv_with_state", state, "state", k, B, C)
+        return wkv_autodiff(time_decay, time_first, k, v, state)
     save = _needs_grad(time_decay, time_first, k, v, state)
     y, new_state, _ = torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, state, save)
     return y, new_state
@@ -144,25 +260,17 @@ def empty_state(B: int, C: int, device=None, dtype: torch.dtype = torch.float32)
     return state
 
 
-class WKVFunction(torch.autograd.Function):
+class WKVFunction:
     """Drop-in for RWKV-LM's ``WKV``: ``WKVFunction.apply(B, T, C, time_decay, time_first, k, v)``.
 
-    Takes the raw ``time_decay`` (w = -exp(time_decay) is formed inside), any T, any B*C.
+    Takes the raw ``time_decay`` (w = -exp(time_decay) is formed inside), any T, any B*C. It is
+    ``wkv`` behind RWKV-LM's call, so it has every derivative and transform ``wkv`` has (a
+    class with ``apply``, not an ``autograd.Function`` subclass: torch.func and torch.compile
+    then see straight through it).
     """
 
     @staticmethod
-    def forward(ctx, B, T, C, time_decay, time_first, k, v):
+    def apply(B, T, C, time_decay, time_first, k, v):
         if tuple(k.shape) != (B, T, C):
             raise ValueError(f"WKVFunction: k must have shape (B, T, C) = {(B, T, C)}, got {tuple(k.shape)}")
-        save = any(ctx.needs_input_grad[3:])
-        y, _, checkpoints = torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, None, save)
-        ctx.save_for_backward(time_decay, time_first, k, v, checkpoints)
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        time_decay, time_first, k, v, checkpoints = ctx.saved_tensors
-        g_td, g_tf, gk, gv, _ = torch.ops.wkv.wkv_backward(
-            time_decay, time_first, k, v, None, gy, None, checkpoints
-        )
-        return None, None, None, g_td, g_tf, gk, gv
+        return wkv(time_decay, time_first, k, v)
