@@ -157,3 +157,16 @@ def test_unexpected_transformers_code_is_refused(monkeypatch):
     with pytest.raises(RuntimeError, match="does not call"):
         rwkv_wkv.patch_transformers()
     assert not rwkv_wkv.is_transformers_patched()
+
+
+def test_empty_batch_works_patched_as_unpatched():
+    """A batch of size 0 gives what transformers gives unpatched (logits and gradients' shapes)."""
+    model = make_model().train()
+    ids = torch.zeros((0, 5), dtype=torch.long)
+    shapes = []
+    for patched in (False, True):
+        (rwkv_wkv.patch_transformers if patched else rwkv_wkv.unpatch_transformers)()
+        out = model(ids, use_cache=False)
+        out.logits.sum().backward()
+        shapes.append(out.logits.shape)
+    assert shapes == [(0, 5, 50), (0, 5, 50)]

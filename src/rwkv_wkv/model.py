@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from .ops import wkv_with_state
+from .ops import forward_mode_requested, wkv_with_state
 from .reference import EMPTY_EXPONENT
 
 
@@ -62,13 +62,24 @@ class RWKVConfig:
 
 class L2Wrap(torch.autograd.Function):
     """Identity on the loss; in backward, adds factor/(B*T) * max-logit to each position's
-    largest logit, discouraging logits from drifting upwards (RWKV-LM's L2Wrap)."""
+    largest logit, discouraging logits from drifting upwards (RWKV-LM's L2Wrap).
+
+    Written with ``setup_context``, so torch.func's reverse-mode transforms see through it; its
+    backward is made of torch ops (double backward works). It has no jvp (torch.compile cannot
+    trace one): under forward-mode AD the model leaves it out, which changes nothing there —
+    forward, it is the identity."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, loss, logits, factor):
+    def forward(loss, logits, factor):
+        return loss.clone()  # not the input itself (a view): FSDP2 hooks the root's outputs
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, logits, factor = inputs
         ctx.save_for_backward(logits)
         ctx.factor = factor
-        return loss.clone()  # not the input itself (a view): FSDP2 hooks the root's outputs
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -76,36 +87,74 @@ class L2Wrap(torch.autograd.Function):
         scale = ctx.factor / max(1, logits.numel() // logits.shape[-1])
         maxx, ids = torch.max(logits, dim=-1, keepdim=True)
         # times grad_output: a loss scaled by 1/N (gradient accumulation) scales this part too
-        glogits = torch.zeros_like(logits).scatter_(-1, ids, maxx * (scale * grad_output))
+        glogits = torch.zeros_like(logits).scatter(-1, ids, maxx * (scale * grad_output))
         return grad_output, glogits, None
+
+
+def _init_(p, fill):
+    """Applies an initialisation ``fill`` (an in-place function of a full tensor) to ``p``. A
+    DTensor (FSDP2) is filled in full, one parameter at a time, and each rank keeps its shard,
+    so a sharded model gets the values an unsharded one would (orthogonal_ needs the whole)."""
+    try:
+        from torch.distributed.tensor import DTensor, distribute_tensor
+    except ImportError:  # torch without distributed
+        DTensor = None
+    if DTensor is not None and isinstance(p, DTensor):
+        local = p.to_local()
+        full = torch.empty(p.shape, dtype=p.dtype, device=local.device)
+        fill(full)
+        local.copy_(distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local())
+    elif p.device.type != "meta":  # meta: nothing to fill (construction without memory)
+        fill(p)
+
+
+def _last(x, prev):
+    """The last position of x (B, T, C), what the next segment's token shift sees; for T = 0
+    (eager only) the previous one passes through (zeros if None)."""
+    if not torch.compiler.is_compiling() and x.shape[1] == 0:
+        return torch.zeros_like(x[:, 0:1].sum(1)) if prev is None else prev.to(x.dtype)
+    return x[:, -1]
 
 
 def _shift(x, prev):
     """Token shift: position t sees x_{t-1}; position 0 sees `prev` (zeros if None)."""
+    # roll, then position 0 from `prev`: no length-(T - 1) intermediate, whose size checks
+    # would make torch.export specialise T (non-strict: a guard T - 1 != 1)
+    rolled = torch.roll(x, 1, dims=1)
     first = torch.zeros_like(x[:, :1]) if prev is None else prev[:, None].to(x.dtype)
-    return torch.cat([first, x[:, :-1]], dim=1)
+    is_first = torch.arange(x.shape[1], device=x.device)[None, :, None] == 0
+    return torch.where(is_first, first, rolled)
 
 
 class TimeMix(nn.Module):
     def __init__(self, config: RWKVConfig, layer_id: int):
         super().__init__()
-        C, L = config.n_embd, config.n_layer
-        ratio_0_to_1 = layer_id / (L - 1) if L > 1 else 0.0
-        ratio_1_to_almost0 = 1.0 - layer_id / L
-        h = torch.arange(C, dtype=torch.float32)
-        # Decay speeds from -5 (slow, long memory) to 3 (fast), sharper in deeper layers.
-        self.time_decay = nn.Parameter(-5 + 8 * (h / max(C - 1, 1)) ** (0.7 + 1.3 * ratio_0_to_1))
-        # Bonus: log(0.3) with a small zigzag across channels (-0.5, 0, 0.5, ...).
-        zigzag = torch.tensor([((i + 1) % 3 - 1) * 0.5 for i in range(C)])
-        self.time_first = nn.Parameter(torch.full((C,), math.log(0.3)) + zigzag)
-        x = (h / C).view(1, 1, C)
-        self.time_mix_k = nn.Parameter(x.pow(ratio_1_to_almost0))
-        self.time_mix_v = nn.Parameter(x.pow(ratio_1_to_almost0) + 0.3 * ratio_0_to_1)
-        self.time_mix_r = nn.Parameter(x.pow(0.5 * ratio_1_to_almost0))
+        self.config, self.layer_id = config, layer_id
+        for name, value in self.initial_curves().items():
+            setattr(self, name, nn.Parameter(value))
+        C = config.n_embd
         self.key = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(C, C, bias=False)
         self.receptance = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
+
+    def initial_curves(self):
+        """RWKV-4's initial time_* parameters (deterministic: no random numbers), on the CPU."""
+        C, L, layer_id = self.config.n_embd, self.config.n_layer, self.layer_id
+        ratio_0_to_1 = layer_id / (L - 1) if L > 1 else 0.0
+        ratio_1_to_almost0 = 1.0 - layer_id / L
+        h = torch.arange(C, dtype=torch.float32)
+        x = (h / C).view(1, 1, C)
+        # Bonus: log(0.3) with a small zigzag across channels (-0.5, 0, 0.5, ...).
+        zigzag = torch.tensor([((i + 1) % 3 - 1) * 0.5 for i in range(C)])
+        return {
+            # Decay speeds from -5 (slow, long memory) to 3 (fast), sharper in deeper layers.
+            "time_decay": -5 + 8 * (h / max(C - 1, 1)) ** (0.7 + 1.3 * ratio_0_to_1),
+            "time_first": torch.full((C,), math.log(0.3)) + zigzag,
+            "time_mix_k": x.pow(ratio_1_to_almost0),
+            "time_mix_v": x.pow(ratio_1_to_almost0) + 0.3 * ratio_0_to_1,
+            "time_mix_r": x.pow(0.5 * ratio_1_to_almost0),
+        }
 
     def wkv_params(self):
         """time_decay, time_first as the op takes them: float32 (or float64) even when the model
@@ -127,20 +176,26 @@ class TimeMix(nn.Module):
     def forward(self, x, shift=None, wkv_state=None):
         """x: (B, T, C) after ln1. Returns (out, last x, new WKV state)."""
         out, new_state = self.mix(x, _shift(x, shift), wkv_state)
-        return out, x[:, -1], new_state
+        return out, _last(x, shift), new_state
 
 
 class ChannelMix(nn.Module):
     def __init__(self, config: RWKVConfig, layer_id: int):
         super().__init__()
+        self.config, self.layer_id = config, layer_id
+        for name, value in self.initial_curves().items():
+            setattr(self, name, nn.Parameter(value))
         C = config.n_embd
-        ratio_1_to_almost0 = 1.0 - layer_id / config.n_layer
-        x = (torch.arange(C, dtype=torch.float32) / C).view(1, 1, C)
-        self.time_mix_k = nn.Parameter(x.pow(ratio_1_to_almost0))
-        self.time_mix_r = nn.Parameter(x.pow(ratio_1_to_almost0))
         self.key = nn.Linear(C, config.dim_ffn, bias=False)
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(config.dim_ffn, C, bias=False)
+
+    def initial_curves(self):
+        """RWKV-4's initial time_mix_k / time_mix_r (deterministic), on the CPU."""
+        C = self.config.n_embd
+        ratio_1_to_almost0 = 1.0 - self.layer_id / self.config.n_layer
+        x = (torch.arange(C, dtype=torch.float32) / C).view(1, 1, C)
+        return {"time_mix_k": x.pow(ratio_1_to_almost0), "time_mix_r": x.pow(ratio_1_to_almost0)}
 
     def mix(self, x, xx):
         """x: (B, T, C) after ln2, xx: the same shifted by one token."""
@@ -150,7 +205,7 @@ class ChannelMix(nn.Module):
         return torch.sigmoid(self.receptance(xr)) * self.value(k)
 
     def forward(self, x, shift=None):
-        return self.mix(x, _shift(x, shift)), x[:, -1]
+        return self.mix(x, _shift(x, shift)), _last(x, shift)
 
 
 class Block(nn.Module):
@@ -206,27 +261,56 @@ class RWKV(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd)  # eps 1e-5 always, as in RWKV-LM and transformers
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.reset_parameters()
+        self._init_rwkv()
 
     # ---- initialisation ----------------------------------------------------------------------
     @torch.no_grad()
     def reset_parameters(self):
+        """Initialises every parameter as ``RWKV(config)`` does, wherever the model lives.
+
+        For a model built without memory (``with torch.device("meta"): model = RWKV(config)``,
+        then ``model.to_empty(device=...)``), and for one sharded by FSDP2's ``fully_shard``
+        (each rank writes only its shards). Given the same seed, the tensors equal those of a
+        normal construction on the CPU: the modules' default initialisations (nn.Embedding,
+        nn.Linear) are replayed in construction order, then RWKV-4's (``_init_rwkv``)."""
+        on_meta = [n for n, p in self.named_parameters() if p.device.type == "meta"]
+        if on_meta:
+            raise RuntimeError(
+                f"RWKV.reset_parameters: {len(on_meta)} parameters (e.g. {on_meta[0]}) are on the "
+                "meta device (no memory); call model.to_empty(device=...) first"
+            )
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):  # as nn.Embedding.reset_parameters
+                _init_(module.weight, nn.init.normal_)
+            elif isinstance(module, nn.Linear):  # as nn.Linear.reset_parameters (no bias here)
+                _init_(module.weight, lambda t: nn.init.kaiming_uniform_(t, a=math.sqrt(5)))
+            elif isinstance(module, nn.LayerNorm):
+                _init_(module.weight, nn.init.ones_)
+                _init_(module.bias, nn.init.zeros_)
+            elif isinstance(module, (TimeMix, ChannelMix)):
+                for name, value in module.initial_curves().items():
+                    _init_(getattr(module, name), lambda t, value=value: t.copy_(value))
+        self._init_rwkv()
+
+    @torch.no_grad()
+    def _init_rwkv(self):
         """RWKV-4 initialisation of the matrices (the time_* curves are set in the modules):
         embedding uniform +-1e-4; receptances, att.key and the output projections (att.output,
         ffn.value) zero, so every block starts as the identity on the residual stream;
         other matrices orthogonal with gain sqrt(out/in) when out > in; the head orthogonal
         with gain 0.5 * sqrt(vocab / n_embd)."""
-        nn.init.uniform_(self.emb.weight, -1e-4, 1e-4)
+        _init_(self.emb.weight, lambda t: nn.init.uniform_(t, -1e-4, 1e-4))
         zero = (".att.key.", ".att.receptance.", ".att.output.", ".ffn.value.", ".ffn.receptance.")
         for name, p in self.named_parameters():
             if not name.endswith(".weight") or p.dim() != 2 or name == "emb.weight":
                 continue
             if any(z in "." + name for z in zero):
-                nn.init.zeros_(p)
+                _init_(p, nn.init.zeros_)
             elif name == "head.weight":
-                nn.init.orthogonal_(p, gain=0.5 * math.sqrt(p.shape[0] / p.shape[1]))
+                _init_(p, lambda t: nn.init.orthogonal_(t, gain=0.5 * math.sqrt(t.shape[0] / t.shape[1])))
             else:
-                nn.init.orthogonal_(p, gain=math.sqrt(p.shape[0] / p.shape[1]) if p.shape[0] > p.shape[1] else 1.0)
+                _init_(p, lambda t: nn.init.orthogonal_(
+                    t, gain=math.sqrt(t.shape[0] / t.shape[1]) if t.shape[0] > t.shape[1] else 1.0))
 
     # ---- GPT mode ----------------------------------------------------------------------------
     def forward(self, idx, targets=None, state=None, return_state=False, last_only=False):
@@ -264,8 +348,10 @@ class RWKV(nn.Module):
         logits = self.head(self.ln_out(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-            if self.config.l2wrap and self.training:
+            # at least float32 (16-bit logits are upcast; a float64 model keeps float64)
+            loss_dtype = torch.promote_types(logits.dtype, torch.float32)
+            loss = F.cross_entropy(logits.to(loss_dtype).view(-1, logits.size(-1)), targets.reshape(-1))
+            if self.config.l2wrap and self.training and not forward_mode_requested(logits):
                 loss = L2Wrap.apply(loss, logits, self.config.l2wrap_factor)
         if return_state:
             return logits, loss, torch.stack(new_states, dim=1)

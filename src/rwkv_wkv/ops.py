@@ -104,7 +104,14 @@ def _legacy_autograd_kernel(name):
 
     def kernel(keyset, *args):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or _has_tangent(tensors):
+        # inside a backward pass with grad mode on = create_graph=True (RWKV-LM's WKV.backward
+        # runs with grad mode off otherwise): its gradient would be a constant to autograd
+        in_graph_backward = torch.is_grad_enabled() and torch._C._current_autograd_node() is not None
+        if not torch.compiler.is_compiling() and (  # (compile/export: RWKV-LM's Function's own)
+            in_graph_backward
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            or _has_tangent(tensors)
+        ):
             raise RuntimeError(
                 f"wkv.{name} (RWKV-LM's contract) is not differentiable: it writes into "
                 "preallocated outputs, and a derivative of it was requested (a second-order "
@@ -205,6 +212,20 @@ def _autodiff_requested(*tensors):
         if _DIFFERENTIATING_TRANSFORMS is None:
             _DIFFERENTIATING_TRANSFORMS = (TransformType.Grad, TransformType.Jvp)
         if any(i.key() in _DIFFERENTIATING_TRANSFORMS for i in retrieve_all_functorch_interpreters()):
+            return True
+    return _has_tangent(tensors)
+
+
+def forward_mode_requested(*tensors):
+    """Whether forward-mode AD is at work on these tensors: functorch's jvp (torch.func.jvp,
+    jacfwd, hessian) or a torch.autograd.forward_ad dual tensor among them."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+        if any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters()):
             return True
     return _has_tangent(tensors)
 

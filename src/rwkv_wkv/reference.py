@@ -100,9 +100,11 @@ def wkv_exact(time_decay, time_first, k, v, state=None, return_state=False, max_
         den = e.sum(dim=2) + eb + bb[:, None, :] * es
         ys.append(num / den)
         t0 = t1
-    y = torch.cat(ys, dim=1)
+    y = torch.cat(ys, dim=1) if ys else k[:, :0]
     if not return_state:
         return y
+    if T == 0:  # no step: the state as it was
+        return y, torch.stack([aa, bb, pp], dim=1)
 
     lag = (T - 1 - torch.arange(T, device=dev)).to(f64)
     logw = lag[None, :, None] * w + k  # (B, T, C)
