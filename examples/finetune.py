@@ -273,8 +273,10 @@ def train(a, rank, world, device, master, say, out):
         if error:
             raise UsageError(error)
     torch.manual_seed(a.seed)  # the same initial model on every rank, and in every run
+    on_meta = model is None and a.fsdp  # FSDP from scratch: no rank ever holds the whole model
     if model is None:
-        model = RWKV(RWKVConfig(vocab_size=corpus.vocab_size, n_layer=a.n_layer, n_embd=a.n_embd, ctx_len=a.ctx_len or 256))
+        with torch.device("meta") if on_meta else contextlib.nullcontext():
+            model = RWKV(RWKVConfig(vocab_size=corpus.vocab_size, n_layer=a.n_layer, n_embd=a.n_embd, ctx_len=a.ctx_len or 256))
     config = model.config
     ctx_len = config.ctx_len
     if len(corpus.train) < ctx_len + 2 or len(corpus.val) < 2:
@@ -282,9 +284,13 @@ def train(a, rank, world, device, master, say, out):
     say(corpus.describe())
 
     model.grad_checkpoint = a.grad_checkpoint
-    model = model.to(device).train()
+    model = (model if on_meta else model.to(device)).train()
     if a.fsdp:
         train_model = apply_fsdp(model, device)
+        if on_meta:  # shard first, then each rank fills only its shards (RWKV.reset_parameters)
+            model.to_empty(device=device)
+            torch.manual_seed(a.seed)  # the values a normal construction would have
+            model.reset_parameters()
     elif world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     else:

@@ -93,9 +93,9 @@ def _legacy_backward_fake(B, T, C, w, u, k, v, gy, gw, gu, gk, gv):
 
 # RWKV-LM's ops write into preallocated outputs and have no derivative of their own (RWKV-LM
 # wraps them in its WKV autograd.Function, whose forward and first-order backward run with grad
-# mode off). Called where autograd would have to differentiate them — grad mode on with an input
-# that requires grad (a backward under create_graph=True, i.e. double backward), or a dual
-# tensor — they raise instead of letting autograd's fallback warn and return zeros.
+# mode off). Called where autograd would have to differentiate them — inside a backward under
+# create_graph=True (double backward through RWKV-LM's WKV), or with a dual tensor — they raise
+# instead of returning a gradient that is silently a constant.
 _legacy_lib = torch.library.Library("wkv", "IMPL")
 
 
@@ -108,9 +108,7 @@ def _legacy_autograd_kernel(name):
         # runs with grad mode off otherwise): its gradient would be a constant to autograd
         in_graph_backward = torch.is_grad_enabled() and torch._C._current_autograd_node() is not None
         if not torch.compiler.is_compiling() and (  # (compile/export: RWKV-LM's Function's own)
-            in_graph_backward
-            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-            or _has_tangent(tensors)
+            in_graph_backward or _has_tangent(tensors)
         ):
             raise RuntimeError(
                 f"wkv.{name} (RWKV-LM's contract) is not differentiable: it writes into "
