@@ -57,7 +57,12 @@ warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavai
 
 
 class UsageError(Exception):
-    """A bad setting or input: one line on stderr, exit status 2, nothing written."""
+    """A bad setting or input: one line on stderr, exit status 2, nothing written. ``quiet``:
+    exit 2 without a line (a rank stopping because another one reported the cause)."""
+
+    def __init__(self, message, quiet=False):
+        super().__init__(message)
+        self.quiet = quiet
 
 
 class _Parser(argparse.ArgumentParser):
@@ -268,8 +273,8 @@ def train(a, rank, world, device, master, say, out):
         if world > 1:
             flag = torch.tensor([error is not None], dtype=torch.int32)
             dist.all_reduce(flag)
-            if flag.item() and error is None:
-                error = "another rank could not load the data"
+            if flag.item() and error is None:  # the rank that failed prints why
+                raise UsageError("another rank could not load the data", quiet=True)
         if error:
             raise UsageError(error)
     torch.manual_seed(a.seed)  # the same initial model on every rank, and in every run
@@ -401,5 +406,6 @@ if __name__ == "__main__":
     try:
         main()
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not e.quiet:
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

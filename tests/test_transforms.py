@@ -95,7 +95,7 @@ def _entry_fn(entry):
     if entry == "wkv":
         return rwkv_wkv.wkv, wkv_exact
     if entry == "wkv_with_state":
-        return rwkv_wkv.wkv_with_state, functools.partial(_exact_with_state)
+        return rwkv_wkv.wkv_with_state, _exact_with_state
     if entry == "WKVFunction":
         return (lambda td, tf, k, v: rwkv_wkv.WKVFunction.apply(*k.shape, td, tf, k, v)), wkv_exact
     if entry == "rwkv_lm":
@@ -181,12 +181,13 @@ def _close(got, want, entry):
         torch.testing.assert_close(g.double(), w.double(), **_tol(entry))
 
 
+def _loss(out):
+    """A scalar of an entry point's outputs in which every output (the state too) matters."""
+    return sum((o.double() * (1.0 + 0.1 * i)).sin().sum() for i, o in enumerate(_flat(out)))
+
+
 def _scalar(f):
-    """A scalar function of the inputs with every output (the state too) mattering."""
-    def s(*xs):
-        outs = _flat(f(*xs))
-        return sum((o.double() * (1.0 + 0.1 * i)).sin().sum() for i, o in enumerate(outs))
-    return s
+    return lambda *xs: _loss(f(*xs))
 
 
 def _req(xs):
@@ -196,12 +197,6 @@ def _req(xs):
 def _tangents(xs, seed=3):
     g = torch.Generator().manual_seed(seed)
     return tuple(torch.randn(x.shape, generator=g, dtype=x.dtype) for x in xs)
-
-
-def _grad_args(entry, xs):
-    """The inputs a transform differentiates: all (RWKV-LM's class casts to float32, so the
-    float64 comparison is against its float32 rounding; the reference sees the same inputs)."""
-    return xs
 
 
 # ---- the cells ---------------------------------------------------------------------------------
@@ -314,7 +309,7 @@ def _compile_cell(entry, f, ref, xs):
         for fn, out in ((cf, got), (ref, want)):
             a = _req(args)
             y = fn(*a)
-            out.extend([*_flat(y), *torch.autograd.grad(_scalar(lambda *z: y)(), a)])
+            out.extend([*_flat(y), *torch.autograd.grad(_loss(y), a)])
         _close(got, want, entry)
 
 

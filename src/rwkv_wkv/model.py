@@ -33,6 +33,11 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from .ops import forward_mode_requested, wkv_with_state
+
+try:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # a torch built without distributed
+    DTensor = distribute_tensor = None
 from .reference import EMPTY_EXPONENT
 
 
@@ -95,10 +100,6 @@ def _init_(p, fill):
     """Applies an initialisation ``fill`` (an in-place function of a full tensor) to ``p``. A
     DTensor (FSDP2) is filled in full, one parameter at a time, and each rank keeps its shard,
     so a sharded model gets the values an unsharded one would (orthogonal_ needs the whole)."""
-    try:
-        from torch.distributed.tensor import DTensor, distribute_tensor
-    except ImportError:  # torch without distributed
-        DTensor = None
     if DTensor is not None and isinstance(p, DTensor):
         local = p.to_local()
         full = torch.empty(p.shape, dtype=p.dtype, device=local.device)
@@ -112,18 +113,16 @@ def _last(x, prev):
     """The last position of x (B, T, C), what the next segment's token shift sees; for T = 0
     (eager only) the previous one passes through (zeros if None)."""
     if not torch.compiler.is_compiling() and x.shape[1] == 0:
-        return torch.zeros_like(x[:, 0:1].sum(1)) if prev is None else prev.to(x.dtype)
+        return x.new_zeros((x.shape[0], x.shape[2])) if prev is None else prev.to(x.dtype)
     return x[:, -1]
 
 
 def _shift(x, prev):
     """Token shift: position t sees x_{t-1}; position 0 sees `prev` (zeros if None)."""
-    # roll, then position 0 from `prev`: no length-(T - 1) intermediate, whose size checks
-    # would make torch.export specialise T (non-strict: a guard T - 1 != 1)
-    rolled = torch.roll(x, 1, dims=1)
     first = torch.zeros_like(x[:, :1]) if prev is None else prev[:, None].to(x.dtype)
-    is_first = torch.arange(x.shape[1], device=x.device)[None, :, None] == 0
-    return torch.where(is_first, first, rolled)
+    # [first, x] then drop the last: one copy, as cat([first, x[:, :-1]]), but no length-(T - 1)
+    # piece, whose size checks made torch.export specialise T (non-strict: a guard T - 1 != 1)
+    return torch.cat([first, x], dim=1)[:, :-1]
 
 
 class TimeMix(nn.Module):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 import torch.autograd.forward_ad as _fwAD
+from torch._C._functorch import TransformType as _TransformType
 
 from . import _library
-from .autodiff import wkv_autodiff
-from .reference import EMPTY_EXPONENT, math_dtype as _math_dtype
+from .reference import EMPTY_EXPONENT, math_dtype as _math_dtype, wkv_naive
 
 _library.load()
 
@@ -157,7 +157,13 @@ def _backward(ctx, gy, gstate_out, _gcheckpoints):
 torch.library.register_autograd("wkv::wkv_forward", _backward, setup_context=_setup_context)
 
 
-# ---- derivatives beyond first order (autodiff.py) ----------------------------------------------
+# ---- derivatives beyond first order -------------------------------------------------------------
+# The kernels give the forward and an exact first-order backward. Every other derivative — a
+# backward under create_graph=True (double backward, gradient penalties, Hessian-vector
+# products), forward-mode AD (dual tensors, torch.func.jvp / jacfwd), torch.func's grad / vjp /
+# jacrev / hessian and their compositions — runs through reference.wkv_naive, the same
+# recurrence in plain torch ops, chosen only when such a derivative is requested: training and
+# inference never pay for its Python loop over T (a few hundred times slower than the kernel).
 
 
 def _differentiable_backward(*tensors):
@@ -172,7 +178,7 @@ def _differentiable_backward(*tensors):
 
 
 def _autodiff_vjp(needs_input_grad, time_decay, time_first, k, v, state, gy, gstate_out):
-    """The gradients of (time_decay, time_first, k, v, state) through ``wkv_autodiff``, with a
+    """The gradients of (time_decay, time_first, k, v, state) through ``wkv_naive``, with a
     graph (so they can be differentiated again)."""
     primals = (time_decay, time_first, k, v, state)
     wanted = [i for i, p in enumerate(primals) if p is not None and needs_input_grad[i] and p.requires_grad]
@@ -180,7 +186,7 @@ def _autodiff_vjp(needs_input_grad, time_decay, time_first, k, v, state, gy, gst
     if not wanted:
         return grads
     with torch.enable_grad():
-        y, new_state = wkv_autodiff(time_decay, time_first, k, v, state)
+        y, new_state = wkv_naive(time_decay, time_first, k, v, state, return_state=True)
         outs, gouts = [y], [torch.zeros_like(y) if gy is None else gy]
         if gstate_out is not None:
             outs.append(new_state)
@@ -191,41 +197,31 @@ def _autodiff_vjp(needs_input_grad, time_decay, time_first, k, v, state, gy, gst
     return grads
 
 
-_DIFFERENTIATING_TRANSFORMS = None
-
-
-def _autodiff_requested(*tensors):
-    """Whether this call must run as plain torch ops (``wkv_autodiff``) because a transform the
-    kernels cannot serve is active: functorch's grad / jvp (torch.func.grad, vjp, jacrev,
-    jacfwd, hessian, and any composition with vmap), or forward-mode AD with a dual tensor
-    among the inputs. Plain autograd (first order, and double backward: see ``_backward``),
-    vmap alone, torch.compile and torch.export use the kernels."""
-    global _DIFFERENTIATING_TRANSFORMS
+def _transform_active(kinds, tensors):
+    """Whether one of functorch's transforms of these ``kinds`` is on its stack (any level), or a
+    torch.autograd.forward_ad dual tensor is among ``tensors``. False while compiling/exporting."""
     if torch.compiler.is_compiling():
         return False
     if torch._C._functorch.peek_interpreter_stack() is not None:
-        from torch._C._functorch import TransformType
         from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
-        if _DIFFERENTIATING_TRANSFORMS is None:
-            _DIFFERENTIATING_TRANSFORMS = (TransformType.Grad, TransformType.Jvp)
-        if any(i.key() in _DIFFERENTIATING_TRANSFORMS for i in retrieve_all_functorch_interpreters()):
+        if any(i.key() in kinds for i in retrieve_all_functorch_interpreters()):
             return True
     return _has_tangent(tensors)
+
+
+def _autodiff_requested(*tensors):
+    """Whether this call must run as ``wkv_naive``: functorch's grad or jvp is active
+    (torch.func.grad, vjp, jacrev, jacfwd, hessian, and compositions with vmap), or forward-mode
+    AD on a dual input. Plain autograd (first order; double backward: see ``_backward``), vmap
+    alone, torch.compile and torch.export use the kernels."""
+    return _transform_active((_TransformType.Grad, _TransformType.Jvp), tensors)
 
 
 def forward_mode_requested(*tensors):
     """Whether forward-mode AD is at work on these tensors: functorch's jvp (torch.func.jvp,
     jacfwd, hessian) or a torch.autograd.forward_ad dual tensor among them."""
-    if torch.compiler.is_compiling():
-        return False
-    if torch._C._functorch.peek_interpreter_stack() is not None:
-        from torch._C._functorch import TransformType
-        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
-        if any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters()):
-            return True
-    return _has_tangent(tensors)
+    return _transform_active((_TransformType.Jvp,), tensors)
 
 
 def _needs_grad(*tensors):
@@ -246,11 +242,11 @@ def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: 
     time_decay, time_first: (C,) float32/float64; the decay is w = -exp(time_decay).
     k, v: (B, T, C) float32/float64/bfloat16/float16 (same dtype); returns y of k's dtype.
     Derivatives of every order and in forward mode, and torch.func's transforms, are exact
-    (module docstring of ``rwkv_wkv.autodiff``).
+    (see "derivatives beyond first order" above).
     """
     if _autodiff_requested(time_decay, time_first, k, v):
         _check_fake_inputs("wkv", time_decay, time_first, k, v)
-        return wkv_autodiff(time_decay, time_first, k, v)[0]
+        return wkv_naive(time_decay, time_first, k, v)
     save = _needs_grad(time_decay, time_first, k, v)
     return torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, None, save)[0]
 
@@ -266,7 +262,7 @@ def wkv_with_state(time_decay, time_first, k, v, state=None):
     if _autodiff_requested(time_decay, time_first, k, v, state):
         B, _, C = _check_fake_inputs("wkv_with_state", time_decay, time_first, k, v)
         _check_fake_state("wkv_with_state", state, "state", k, B, C)
-        return wkv_autodiff(time_decay, time_first, k, v, state)
+        return wkv_naive(time_decay, time_first, k, v, state, return_state=True)
     save = _needs_grad(time_decay, time_first, k, v, state)
     y, new_state, _ = torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, state, save)
     return y, new_state

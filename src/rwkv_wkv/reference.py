@@ -1,7 +1,8 @@
 """Reference implementations of WKV, for tests and benchmarks.
 
 - ``wkv_naive``: the straightforward Python loop over T (vectorised over B and C) with plain
-  torch ops, differentiable by autograd. It is the baseline the benchmark compares against.
+  torch ops, differentiable by autograd to any order. It is the baseline the benchmark compares
+  against, and the ops' route for derivatives beyond the kernels' first order.
 - ``wkv_exact``: float64 ground truth from the closed form (a weighted average of v with
   log-weights, normalised by their maximum), independent of the recurrence. O(T^2) work.
 """
@@ -18,24 +19,31 @@ def math_dtype(k: torch.Tensor) -> torch.dtype:
     return torch.float64 if k.dtype == torch.float64 else torch.float32
 
 
-def wkv_naive(time_decay, time_first, k, v, state=None):
-    """WKV as a Python loop over t, in float32 (float64 for float64 k). Returns y (k's dtype)."""
+def wkv_naive(time_decay, time_first, k, v, state=None, return_state=False):
+    """WKV as a Python loop over t, in float32 (float64 for float64 k). Returns y (k's dtype);
+    with ``return_state``, (y, new_state) exactly as ``rwkv_wkv.wkv_with_state`` returns them.
+
+    It is the kernels' recurrence (the shared exponent, so k up to +-1000 stays finite) in
+    plain differentiable torch ops, so besides being the benchmark's baseline it is how
+    ``rwkv_wkv.ops`` serves every derivative the kernels do not compute themselves (second
+    order, forward mode, torch.func's grad / jvp transforms): autograd and functorch
+    differentiate it to any order. T = 0 returns the state unchanged.
+    """
     dtype = math_dtype(k)
     w = -torch.exp(time_decay.to(dtype))
     u = time_first.to(dtype)
-    k = k.to(dtype)
-    v = v.to(dtype)
+    kf, vf = k.to(dtype), v.to(dtype)
     B, T, C = k.shape
     if state is None:
-        aa = torch.zeros((B, C), dtype=dtype, device=k.device)
-        bb = torch.zeros((B, C), dtype=dtype, device=k.device)
-        pp = torch.full((B, C), EMPTY_EXPONENT, dtype=dtype, device=k.device)
+        aa = kf.new_zeros((B, C))
+        bb = kf.new_zeros((B, C))
+        pp = kf.new_full((B, C), EMPTY_EXPONENT, dtype=torch.float32).to(dtype)  # the kernels' -1e38f
     else:
         aa, bb, pp = state.to(dtype).unbind(1)
     ys = []
     # unbind, not k[:, t]: indexing's backward would build a full (B, T, C) gradient per step,
     # making the loop's backward O(T^2) — slower than it needs to be for a fair baseline.
-    for kt, vt in zip(k.unbind(1), v.unbind(1)):
+    for kt, vt in zip(kf.unbind(1), vf.unbind(1)):
         bonus = u + kt
         q = torch.maximum(pp, bonus)
         e1, e2 = torch.exp(pp - q), torch.exp(bonus - q)
@@ -44,7 +52,8 @@ def wkv_naive(time_decay, time_first, k, v, state=None):
         q = torch.maximum(decayed, kt)
         e1, e2 = torch.exp(decayed - q), torch.exp(kt - q)
         aa, bb, pp = e1 * aa + e2 * vt, e1 * bb + e2, q
-    return torch.stack(ys, dim=1)
+    y = torch.stack(ys, dim=1).to(k.dtype) if ys else k[:, :0]
+    return (y, torch.stack([aa, bb, pp], dim=1)) if return_state else y
 
 
 def wkv_exact(time_decay, time_first, k, v, state=None, return_state=False, max_elements=1 << 23):
