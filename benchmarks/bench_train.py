@@ -37,6 +37,7 @@ def worker(a):
     import torch.distributed as dist
 
     from rwkv_wkv import RWKV, RWKVConfig
+    from rwkv_wkv.training import cleanup
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     cuda = a.device == "cuda"
@@ -97,7 +98,7 @@ def worker(a):
         gathered = [None] * world
         dist.all_gather_object(gathered, rec)
         rec["held_bytes_max_rank"] = max(sum(r["held_bytes"].values()) for r in gathered)
-        dist.destroy_process_group()
+    cleanup(world)  # barrier, then destroy: a rank leaving early can abort in gloo's threads
     if rank == 0:
         print("RESULT " + json.dumps(rec), flush=True)
 
