@@ -1,4 +1,4 @@
-"""rwkv_wkv: the RWKV-4 WKV operator for PyTorch.
+"""rwkv_wkv: RWKV's WKV operators for PyTorch, and an RWKV-4 language model on them.
 
     import rwkv_wkv
     y = rwkv_wkv.wkv(time_decay, time_first, k, v)                  # (B, T, C)
@@ -6,14 +6,30 @@
     torch.ops.wkv.forward(B, T, C, w, u, k, v, y)                   # RWKV-LM's contract
     rwkv_wkv.patch_transformers()        # transformers' RwkvForCausalLM on this kernel
 
-See README.md for the op contract.
+Layout: one subpackage per RWKV generation (``rwkv_wkv.rwkv4``: op, references, model,
+checkpoint formats), beside what they share (``_library``: the compiled library; ``tokenizer``,
+``data``/``tokens``, ``sampling``, ``checkpoint``/``training``/``train``: the one trainer,
+``generate``, ``errors``). See README.md and docs/.
 """
 
-from . import reference
+import sys as _sys
+
 from ._library import build_info, cpu_isa, cuda_chunk_length, cuda_plan
-from .model import RWKV, RWKVConfig
-from .ops import WKVFunction, empty_state, wkv, wkv_with_state
-from .transformers_patch import is_transformers_patched, patch_transformers, unpatch_transformers
+from .rwkv4 import checkpoints as _checkpoints, hf as _hf, model as _model, ops as _ops
+from .rwkv4 import reference, transformers_patch as _transformers_patch
+from .rwkv4.config import RWKVConfig
+from .rwkv4.model import RWKV
+from .rwkv4.ops import WKVFunction, wkv, wkv_with_state
+from .rwkv4.state import empty_state
+from .rwkv4.transformers_patch import is_transformers_patched, patch_transformers, unpatch_transformers
+
+# The modules' names before generations had rooms of their own keep working
+# (``import rwkv_wkv.model``, ``from rwkv_wkv.reference import wkv_exact``): the same modules.
+for _name, _module in {"model": _model, "ops": _ops, "reference": reference, "hf": _hf,
+                       "transformers_patch": _transformers_patch}.items():
+    _sys.modules[f"{__name__}.{_name}"] = _module
+    globals()[_name] = _module
+del _name, _module, _checkpoints
 
 __all__ = [
     "wkv",

@@ -25,14 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UsageError
+
 ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
 ENWIK8_SIZE = 100_000_000
 ENWIK8_MD5 = "a1fa5ffddb56f4953e226637dabbb36a"  # of the unzipped file, as published
 SPLIT_FRACTIONS = (0.90, 0.05, 0.05)
 
 
-class DataError(RuntimeError):
-    """The data could not be found, read, downloaded or verified."""
+class DataError(UsageError):
+    """The data could not be found, read, downloaded or verified (a UsageError: one line, exit 2)."""
 
 
 @dataclass

@@ -13,97 +13,26 @@ on stderr.
 
 from __future__ import annotations
 
-import argparse
-import codecs
 import math
-import os
 import sys
 import time
 
 import torch
 
+from .errors import ArgumentParser, UsageError, run_command
+from .rwkv4.model import RWKV
+from .tokenizer import tokenizer_for
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 
 
-class CliError(Exception):
-    """A user mistake: printed as one line, exit status 2."""
-
-
-class ByteTokenizer:
-    vocab_size = 256
-
-    def encode(self, text):
-        return list(text.encode("utf-8"))
-
-    def stream_decoder(self):
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        return lambda ids: decoder.decode(bytes(ids))
-
-
-class JsonTokenizer:
-    """A `tokenizers` tokenizer.json. Streaming decodes the whole generation each time and emits
-    what is new, holding back an incomplete multi-byte character (shown as U+FFFD)."""
-
-    def __init__(self, path):
-        try:
-            from tokenizers import Tokenizer
-        except ImportError as e:
-            raise CliError("a tokenizer.json needs the tokenizers package: pip install 'rwkv_wkv[hf]'") from e
-        try:
-            self.tok = Tokenizer.from_file(path)
-        except Exception as e:
-            raise CliError(f"{path}: not a readable tokenizer.json ({e})") from e
-        self.vocab_size = self.tok.get_vocab_size()
-
-    def encode(self, text):
-        return self.tok.encode(text).ids
-
-    def stream_decoder(self):
-        ids, shown = [], 0
-
-        def feed(new_ids):
-            nonlocal shown
-            ids.extend(new_ids)
-            text = self.tok.decode(ids)
-            if text.endswith("\ufffd"):
-                return ""
-            out, shown = text[shown:], len(text)
-            return out
-
-        return feed
-
-
-def pick_tokenizer(spec, checkpoint, vocab_size):
-    from .hf import is_hf_directory
-
-    if spec is None:
-        if os.path.isdir(checkpoint) and is_hf_directory(checkpoint) and os.path.isfile(os.path.join(checkpoint, "tokenizer.json")):
-            spec = os.path.join(checkpoint, "tokenizer.json")
-        elif vocab_size == 256:
-            spec = "bytes"
-        else:
-            raise CliError(f"this model has a vocabulary of {vocab_size}: give its tokenizer with "
-                           f"--tokenizer PATH/tokenizer.json (or --tokenizer bytes for a byte-level model)")
-    if spec == "bytes":
-        tok = ByteTokenizer()
-    elif os.path.isfile(spec):
-        tok = JsonTokenizer(spec)
-    else:
-        raise CliError(f"--tokenizer: {spec!r} is neither 'bytes' nor a tokenizer.json file")
-    if tok.vocab_size > vocab_size:
-        raise CliError(f"the tokenizer has {tok.vocab_size} tokens but the model only {vocab_size}: "
-                       f"they do not belong together")
-    return tok
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit status 2, like every other bad input
-        raise CliError(message)
-
-
 def main(argv=None):
-    p = _Parser(prog="python -m rwkv_wkv.generate", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    """The command: its exit status (2 and one ``error:`` line for a user mistake)."""
+    return run_command(_main, argv)
+
+
+def _main(argv):
+    p = ArgumentParser(__doc__, prog="python -m rwkv_wkv.generate")
     p.add_argument("checkpoint", help="Hugging Face RWKV directory, RWKV-LM .pth, or trainer checkpoint")
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--tokenizer", default=None, help="'bytes' or a tokenizer.json (default: the checkpoint's own, or bytes for vocab 256)")
@@ -114,54 +43,42 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="weights' dtype (default fp32)")
-    try:
-        return run(p.parse_args(argv))
-    except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. piped into `head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    return run(p.parse_args(argv))
 
 
 def check_args(args):
     """Every option's value, checked before anything is loaded."""
     if args.max_new_tokens < 1:
-        raise CliError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not math.isfinite(args.temperature) or args.temperature < 0:
-        raise CliError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+        raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
     if not 0 < args.top_p <= 1:
-        raise CliError(f"--top-p must be in (0, 1] (1 = off), got {args.top_p}")
+        raise UsageError(f"--top-p must be in (0, 1] (1 = off), got {args.top_p}")
     if args.top_k is not None and args.top_k < 1:
-        raise CliError(f"--top-k must be >= 1, got {args.top_k}")
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     if not args.prompt:
-        raise CliError("--prompt is empty: give some text to continue")
+        raise UsageError("--prompt is empty: give some text to continue")
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise CliError(f"--device must be cpu or cuda (or cuda:N), got {args.device!r}")
+        raise UsageError(f"--device must be cpu or cuda (or cuda:N), got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda, but no GPU is available")
+        raise UsageError("--device cuda, but no GPU is available")
     return device
 
 
 def run(args):
-    from .model import RWKV
-
     device = check_args(args)
     try:
         model = RWKV.from_checkpoint(args.checkpoint)
     except (FileNotFoundError, ValueError, ImportError) as e:
-        raise CliError(str(e)) from e
-    tok = pick_tokenizer(args.tokenizer, args.checkpoint, model.config.vocab_size)
+        raise UsageError(str(e)) from e
+    tok = tokenizer_for(args.tokenizer, args.checkpoint, model.config.vocab_size)
     ids = tok.encode(args.prompt)
     if not ids:
-        raise CliError("the prompt encodes to no tokens")
+        raise UsageError("the prompt encodes to no tokens")
     model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
     if device.type == "cpu":
         model.to_inference_layout()

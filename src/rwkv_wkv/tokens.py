@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, split_bounds
+from .data import DataError, load_corpus, split_bounds
+from .tokenizer import ByteTokenizer, get_tokenizer
 
 CACHE_FORMAT = 1
 SEPARATOR = 0  # RWKV-LM's document separator (<|endoftext|> in the 20B tokenizer; the byte 0 for bytes)
@@ -37,8 +38,8 @@ _PIECE_CHARS = 1 << 16  # long documents are encoded in pieces of about this man
 
 @dataclass
 class TokenSplit:
-    tokens: np.ndarray  # uint16 / uint32 (memmap)
-    nbytes: np.ndarray  # uint32 per token: UTF-8 bytes it covers
+    tokens: np.ndarray  # uint8 (raw bytes) / uint16 / uint32 (memmap)
+    nbytes: np.ndarray | None  # uint32 per token: UTF-8 bytes it covers (None: one byte each)
 
     def __len__(self):
         return len(self.tokens)
@@ -48,6 +49,8 @@ class TokenSplit:
 
     def bytes_of(self, start: int, end: int) -> int:
         """UTF-8 bytes covered by tokens [start, end)."""
+        if self.nbytes is None:
+            return len(range(start, min(end, len(self.tokens))))
         return int(self.nbytes[start:end].sum(dtype=np.int64))
 
 
@@ -66,68 +69,6 @@ class TokenCorpus:
         b = sum(s.bytes_of(0, len(s)) for s in (self.train, self.val, self.test))
         return (f"{self.name}: {n:,} tokens ({b:,} bytes, {b / max(n, 1):.2f} bytes/token, {self.tokenizer}, "
                 f"vocab {self.vocab_size}) = train {len(self.train):,} + val {len(self.val):,} + test {len(self.test):,}")
-
-
-# ---- tokenizers ------------------------------------------------------------------------------
-class BytesTokenizer:
-    """UTF-8 bytes as tokens (vocabulary 256)."""
-
-    name = "bytes"
-    vocab_size = 256
-
-    def encode_batch(self, texts):
-        out = []
-        for text in texts:
-            ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint32)
-            out.append((ids, np.ones(len(ids), dtype=np.uint32)))
-        return out
-
-
-class JsonTokenizer:
-    """A tokenizer.json of the `tokenizers` library (e.g. RWKV-4's 20B tokenizer)."""
-
-    def __init__(self, path):
-        try:
-            from tokenizers import Tokenizer
-        except ImportError as e:
-            raise DataError("a tokenizer.json needs the tokenizers package: pip install 'rwkv_wkv[hf]'") from e
-        self.path = Path(path)
-        try:
-            self.tok = Tokenizer.from_file(str(path))
-        except Exception as e:
-            raise DataError(f"{path}: not a readable tokenizer.json ({e})") from e
-        self.name = str(path)
-        self.vocab_size = self.tok.get_vocab_size()
-
-    def encode_batch(self, texts):
-        out = []
-        for text, enc in zip(texts, self.tok.encode_batch(list(texts), add_special_tokens=False)):
-            ids = np.asarray(enc.ids, dtype=np.uint32)
-            out.append((ids, _bytes_per_token(text, enc.offsets)))
-        return out
-
-
-def _bytes_per_token(text, offsets):
-    """UTF-8 bytes per token: from the end of the previous token to its own end."""
-    raw = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    # byte offset of every character boundary (characters start at bytes that are not 10xxxxxx)
-    starts = np.flatnonzero((raw & 0xC0) != 0x80)
-    boundary = np.append(starts, len(raw)).astype(np.int64)
-    ends = np.asarray([e for _, e in offsets], dtype=np.int64) if offsets else np.zeros(0, np.int64)
-    end_bytes = np.maximum.accumulate(boundary[np.clip(ends, 0, len(boundary) - 1)]) if len(ends) else ends
-    counts = np.diff(end_bytes, prepend=0)
-    if len(counts):
-        counts[-1] += len(raw) - end_bytes[-1]  # trailing text no token claims (e.g. stripped spaces)
-    return counts.astype(np.uint32)
-
-
-def get_tokenizer(spec):
-    """'bytes' or the path of a tokenizer.json."""
-    if spec in (None, "bytes"):
-        return BytesTokenizer()
-    if not os.path.isfile(spec):
-        raise DataError(f"--tokenizer: {spec!r} is neither 'bytes' nor a tokenizer.json file")
-    return JsonTokenizer(spec)
 
 
 # ---- documents -------------------------------------------------------------------------------
@@ -179,7 +120,7 @@ def _pieces(text):
 
 def cache_key(files, tokenizer) -> str:
     h = hashlib.sha256(f"rwkv_wkv tokens v{CACHE_FORMAT} piece {_PIECE_CHARS}\n".encode())
-    h.update(b"bytes" if isinstance(tokenizer, BytesTokenizer) else Path(tokenizer.path).read_bytes())
+    h.update(b"bytes" if isinstance(tokenizer, ByteTokenizer) else Path(tokenizer.path).read_bytes())
     for f in files:
         h.update(f"\n{f.name}\n".encode())
         with open(f, "rb") as fh:
@@ -236,7 +177,7 @@ def build_cache(files, tokenizer, dest: Path, progress=True):
 def load_token_corpus(data, tokenizer="bytes", cache_dir="data/token_cache", progress=True) -> TokenCorpus:
     """The token corpus of `data` under `tokenizer` ('bytes' or a tokenizer.json path, or a
     tokenizer object from get_tokenizer), tokenized once and cached in `cache_dir`."""
-    tok = tokenizer if hasattr(tokenizer, "encode_batch") else get_tokenizer(tokenizer)
+    tok = get_tokenizer(tokenizer)
     files = document_files(data)
     for f in files:
         if not os.access(f, os.R_OK):
@@ -258,3 +199,23 @@ def load_token_corpus(data, tokenizer="bytes", cache_dir="data/token_cache", pro
     name = str(data)
     return TokenCorpus(name, tok.name, tok.vocab_size, TokenSplit(tokens[:a], nbytes[:a]),
                        TokenSplit(tokens[a:b], nbytes[a:b]), TokenSplit(tokens[b:], nbytes[b:]), dest)
+
+
+def is_raw_bytes(data, tokenizer) -> bool:
+    """Whether the trainer reads ``data`` as raw bytes (data.py: the built-in corpus, enwik8 with
+    its literature split, or any single file byte for byte) rather than as documents to
+    tokenize: bytes as the tokenizer and no directory or .jsonl."""
+    if tokenizer.name != "bytes":
+        return False
+    return data is None or data == "enwik8" or not (Path(data).is_dir() or Path(data).suffix == ".jsonl")
+
+
+def load_data(data, tokenizer, data_dir="data", cache_dir="data/token_cache", progress=True) -> TokenCorpus:
+    """What the trainer trains on, as a TokenCorpus: raw bytes (``is_raw_bytes``) or the token
+    cache of ``load_token_corpus``. Both score validation and test in bits per byte."""
+    tokenizer = get_tokenizer(tokenizer)
+    if not is_raw_bytes(data, tokenizer):
+        return load_token_corpus(data, tokenizer, cache_dir, progress)
+    c = load_corpus(data, data_dir)
+    return TokenCorpus(c.name, "bytes", 256, TokenSplit(c.train, None), TokenSplit(c.val, None),
+                       TokenSplit(c.test, None), Path(data or "builtin"))

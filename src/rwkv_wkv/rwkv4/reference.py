@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import torch
 
-EMPTY_EXPONENT = -1e38
-
-
-def math_dtype(k: torch.Tensor) -> torch.dtype:
-    """The dtype WKV computes in for sequences of k's dtype: float64 for float64, else float32."""
-    return torch.float64 if k.dtype == torch.float64 else torch.float32
+from .state import EMPTY_EXPONENT, math_dtype
 
 
 def wkv_naive(time_decay, time_first, k, v, state=None, return_state=False):

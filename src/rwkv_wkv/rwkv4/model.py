@@ -23,46 +23,24 @@ It is one tensor of shape (B, n_layer, 5, C) in float32 (float64 for a float64 m
 from __future__ import annotations
 
 import math
-import os
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from ..sampling import sample
+from ..tokenizer import decode_bytes, encode_bytes  # noqa: F401 (rwkv_wkv.model.encode_bytes: public)
+from . import checkpoints
+from .config import RWKVConfig
 from .ops import forward_mode_requested, wkv_with_state
+from .state import EMPTY_EXPONENT
 
 try:
     from torch.distributed.tensor import DTensor, distribute_tensor
 except ImportError:  # a torch built without distributed
     DTensor = distribute_tensor = None
-from .reference import EMPTY_EXPONENT
-
-
-@dataclass
-class RWKVConfig:
-    vocab_size: int = 256
-    n_layer: int = 6
-    n_embd: int = 512
-    ctx_len: int = 1024
-    dim_ffn: int | None = None  # default 4 * n_embd
-    l2wrap: bool = True  # RWKV-LM's L2Wrap: a small gradient pulling the largest logit down
-    l2wrap_factor: float = 1e-4
-    layer_norm_eps: float = 1e-5  # the blocks' LayerNorm epsilon (Hugging Face: layer_norm_epsilon)
-
-    def __post_init__(self):
-        for name in ("vocab_size", "n_layer", "n_embd", "ctx_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"RWKVConfig.{name} must be a positive integer, got {value!r}")
-        if self.dim_ffn is None:
-            self.dim_ffn = 4 * self.n_embd
-        if not isinstance(self.dim_ffn, int) or self.dim_ffn < 1:
-            raise ValueError(f"RWKVConfig.dim_ffn must be a positive integer, got {self.dim_ffn!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"RWKVConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
 
 
 class L2Wrap(torch.autograd.Function):
@@ -488,72 +466,28 @@ class RWKV(nn.Module):
             g["lr"] = learning_rate * g["lr_scale"]
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, betas=betas, eps=eps)
 
-    # ---- checkpoints -------------------------------------------------------------------------
+    # ---- checkpoints (the formats: checkpoints.py) -------------------------------------------
     @staticmethod
     def config_from_state_dict(sd, ctx_len=1024) -> RWKVConfig:
         """Infers vocab_size, n_embd, n_layer and dim_ffn from an RWKV-LM v4 state dict."""
-        if not isinstance(sd.get("emb.weight"), torch.Tensor) or sd["emb.weight"].dim() != 2:
-            raise ValueError("not an RWKV-4 state dict: it has no 2-D 'emb.weight'")
-        vocab, C = sd["emb.weight"].shape
-        layers = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.")}
-        n_layer = max(layers) + 1 if layers else 0
-        dim_ffn = sd["blocks.0.ffn.key.weight"].shape[0] if "blocks.0.ffn.key.weight" in sd else 4 * C
-        return RWKVConfig(vocab_size=vocab, n_layer=n_layer, n_embd=C, ctx_len=ctx_len, dim_ffn=dim_ffn)
+        return checkpoints.config_from_state_dict(sd, ctx_len)
 
     @classmethod
     def from_checkpoint(cls, path, map_location="cpu", ctx_len=None):
-        """Loads any supported checkpoint: a Hugging Face RWKV directory (save_pretrained's
-        config.json + safetensors or .bin), an RWKV-LM v4 ``.pth`` (a bare state dict), or one
-        of our trainer checkpoints (a dict with "model" and "config").
-
-        An unusable checkpoint raises FileNotFoundError (a missing path or weight file) or
-        ValueError naming the file and what is wrong with it; nothing is written anywhere."""
-        from . import hf
-
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        if os.path.isdir(path):
-            if not os.path.isfile(os.path.join(path, hf.CONFIG)):
-                raise ValueError(f"{path}: a directory, but not a Hugging Face RWKV checkpoint "
-                                 f"(no {hf.CONFIG} in it)")
-            config, sd = hf.load_hf(path, ctx_len)
-            return _build(cls, config, sd, path).to(map_location)
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_line(e)})") from e
-        if isinstance(obj, dict) and "model" in obj and "config" in obj:
-            if not isinstance(obj["config"], dict) or not isinstance(obj["model"], dict):
-                raise ValueError(f"{path}: a trainer checkpoint whose 'config' or 'model' is not a dict")
-            cfg = dict(obj["config"])
-            if ctx_len is not None:
-                cfg["ctx_len"] = ctx_len
-            try:
-                config = RWKVConfig(**cfg)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{path}: its config does not describe an RWKV-4 model ({e})") from e
-            return _build(cls, config, obj["model"], path)
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}: expected a state dict or a trainer checkpoint, got {type(obj).__name__}")
-        try:
-            config = cls.config_from_state_dict(obj, ctx_len or 1024)
-        except (ValueError, AttributeError, IndexError, TypeError) as e:
-            raise ValueError(f"{path}: {_first_line(e)}") from e
-        return _build(cls, config, obj, path)
+        """Loads any supported checkpoint: a Hugging Face RWKV directory, an RWKV-LM v4 ``.pth``
+        (a bare state dict), or one of our trainer's checkpoints (``ckpt/``, or an older
+        ``ckpt.pt``). An unusable one raises FileNotFoundError or a one-line ValueError naming
+        the file and what is wrong with it; nothing is written anywhere."""
+        return checkpoints.load(cls, path, map_location, ctx_len)
 
     def save_hf(self, directory):
         """Writes a Hugging Face directory (config.json + model.safetensors) that transformers'
         RwkvForCausalLM.from_pretrained loads."""
-        from . import hf
-
-        hf.save_hf(self, directory)
+        checkpoints.save_hf(self, directory)
 
     def save_rwkv_lm(self, path):
         """Saves the bare state dict (RWKV-LM v4 format: same keys and shapes), atomically."""
-        tmp = f"{path}.tmp"
-        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, tmp)
-        os.replace(tmp, path)
+        checkpoints.save_rwkv_lm(self, path)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -561,69 +495,3 @@ class RWKV(nn.Module):
     def config_dict(self):
         return asdict(self.config)
 
-
-def _first_line(e):
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _build(cls, config, sd, path):
-    """The model of `config` with the weights `sd` from `path`; a mismatch is one ValueError
-    naming the file and what does not fit (instead of load_state_dict's multi-line report)."""
-    model = cls(config)
-    own = model.state_dict()
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"{path}: {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor")
-    layers = {int(k.split(".")[1]) for k in sd if re.match(r"blocks\.\d+\.", k)}
-    if layers and len(layers) != config.n_layer:
-        raise ValueError(f"{path}: its config says {config.n_layer} layers, but the weights hold "
-                         f"{len(layers)} (blocks {min(layers)}..{max(layers)})")
-
-    def listed(names):
-        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-    problems = []
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} is {tuple(sd[k].shape)} in the file but {tuple(own[k].shape)} for the config"
-              for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing:
-        problems.append(f"missing {listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {listed(unexpected)}")
-    if shapes:
-        problems.append(listed(shapes))
-    if problems:
-        raise ValueError(f"{path}: the weights do not fit the model its config describes "
-                         f"(L{config.n_layer}-d{config.n_embd}, vocab {config.vocab_size}): "
-                         + "; ".join(problems))
-    model.load_state_dict(sd, strict=True)
-    return model
-
-
-def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Samples one id per row of logits (B, V). temperature 0 = greedy."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p is not None and 0 < top_p < 1:
-        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-        cum = torch.cumsum(sorted_p, dim=-1)
-        drop = cum - sorted_p > top_p  # keep the smallest set whose mass reaches top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-
-def encode_bytes(text: str) -> list[int]:
-    return list(text.encode("utf-8"))
-
-
-def decode_bytes(ids) -> str:
-    """Byte-level ids back to text (invalid UTF-8 sequences become U+FFFD)."""
-    return bytes(int(i) for i in ids).decode("utf-8", errors="replace")

@@ -15,6 +15,8 @@ import re
 
 import torch
 
+from .config import RWKVConfig
+
 CONFIG = "config.json"
 
 # ours -> Hugging Face, per block (the rest is in _TOP)
@@ -148,8 +150,6 @@ def _read_config(directory):
 
 def load_hf(directory, ctx_len=None):
     """(RWKVConfig, state dict with our names) from a Hugging Face RWKV directory."""
-    from .model import RWKVConfig
-
     cfg = _read_config(directory)
     hidden = cfg["hidden_size"]
     att = cfg.get("attention_hidden_size") or hidden

@@ -11,8 +11,9 @@ import torch
 import torch.autograd.forward_ad as _fwAD
 from torch._C._functorch import TransformType as _TransformType
 
-from . import _library
-from .reference import EMPTY_EXPONENT, math_dtype as _math_dtype, wkv_naive
+from .. import _library
+from .reference import wkv_naive
+from .state import empty_state, math_dtype as _math_dtype  # noqa: F401 (empty_state: public here too)
 
 _library.load()
 
@@ -266,13 +267,6 @@ def wkv_with_state(time_decay, time_first, k, v, state=None):
     save = _needs_grad(time_decay, time_first, k, v, state)
     y, new_state, _ = torch.ops.wkv.wkv_forward(time_decay, time_first, k, v, state, save)
     return y, new_state
-
-
-def empty_state(B: int, C: int, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The empty state: aa = bb = 0, pp = -1e38 (so e^pp is exactly 0)."""
-    state = torch.zeros((B, 3, C), device=device, dtype=dtype)
-    state[:, 2] = EMPTY_EXPONENT
-    return state
 
 
 class WKVFunction:
