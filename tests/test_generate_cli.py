@@ -119,7 +119,7 @@ def test_streaming_decoder_holds_back_partial_characters():
     tokenizers = pytest.importorskip("tokenizers")
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    from rwkv_wkv.generate import JsonTokenizer
+    from rwkv_wkv.tokenizer import JsonTokenizer
 
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -18,7 +18,9 @@ import torch
 
 from rwkv_wkv import RWKV, RWKVConfig
 
-from test_train import TINY, TRAINER, load_trainer
+from rwkv_wkv import checkpoint
+from rwkv_wkv.train import train
+from test_train import TINY, TRAINER
 
 CKPT_INTERVAL = 4
 MAX_STEPS = 40
@@ -54,10 +56,10 @@ def logged_steps(out: Path):
 
 
 def ckpt_step(out: Path):
-    p = out / "ckpt.pt"
+    p = checkpoint.find(out / "ckpt")  # ckpt/, or ckpt.old/ after a kill between the swap's renames
     if not p.exists():
         return 0
-    return torch.load(p, weights_only=True)["step"]  # must always be readable
+    return torch.load(p / checkpoint.STATE, weights_only=True)["step"]  # must always be readable
 
 
 def test_sigkill_and_resume_matches_uninterrupted(tmp_path, corpus):
@@ -70,7 +72,7 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, corpus):
     rng = random.Random(1234)
     kills = 0
     for attempt in range(3):
-        resume = ["--resume"] if (out / "ckpt.pt").exists() else []
+        resume = ["--resume"] if ckpt_step(out) else []
         start_ckpt = ckpt_step(out)
         marker = tmp_path / f"stall{attempt}"
         e = dict(env)
@@ -83,7 +85,7 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, corpus):
         target = start_ckpt + rng.randint(1, 2 * CKPT_INTERVAL)
         while time.time() < deadline and proc.poll() is None:
             if in_write and marker.exists():
-                break  # stalled between writing ckpt.pt.tmp and renaming it
+                break  # stalled with ckpt.tmp/ written but not yet swapped in
             if not in_write and len(logged_steps(out)) >= target:
                 break
             time.sleep(0.005)
@@ -92,7 +94,7 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, corpus):
         proc.wait()
         kills += 1
         if in_write:
-            assert (out / "ckpt.pt.tmp").exists()
+            assert (out / "ckpt.tmp" / checkpoint.STATE).exists()
         reached = max(logged_steps(out), default=0)
         saved = ckpt_step(out)  # readable after every kill
         assert reached - saved <= CKPT_INTERVAL, (reached, saved)  # at most one interval repeated
@@ -105,9 +107,21 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, corpus):
 
     assert history(out) == history(ref_out)  # bit-identical losses, every step once
     assert [s for s, _ in history(out)] == list(range(1, MAX_STEPS + 1))
-    a, b = torch.load(ref_out / "ckpt.pt", weights_only=True), torch.load(out / "ckpt.pt", weights_only=True)
-    for n, p in a["model"].items():
-        assert torch.equal(p, b["model"][n]), n
+    a, b = RWKV.from_checkpoint(ref_out / "ckpt").state_dict(), RWKV.from_checkpoint(out / "ckpt").state_dict()
+    for n, p in a.items():
+        assert torch.equal(p, b[n]), n
+
+
+def test_kill_between_the_swaps_renames_resumes_from_the_old_checkpoint(tmp_path, corpus, capsys):
+    """ckpt/ moved to ckpt.old/ and the new one not yet renamed in: --resume finds the old one."""
+    common = ["--data", str(corpus), "--out-dir", str(tmp_path), "--max-steps", "4", "--ckpt-interval", "2",
+              "--eval-interval", "2", *TINY]
+    train([*common, "--stop-after", "2"])
+    os.replace(tmp_path / "ckpt", tmp_path / "ckpt.old")
+    capsys.readouterr()
+    train([*common, "--resume"])
+    assert f"resumed from {tmp_path / 'ckpt.old'} at step 2" in capsys.readouterr().out
+    assert ckpt_step(tmp_path) == 4 and not (tmp_path / "ckpt.old").exists()
 
 
 # ---- bad input to the trainer and the model: clear errors before any training ---------------
@@ -123,7 +137,7 @@ def test_trainer_rejects_bad_input(tmp_path, case):
         argv, msg = ["--data", str(tmp_path / "e")], "is empty"
     elif case == "directory":
         (tmp_path / "d").mkdir()
-        argv, msg = ["--data", str(tmp_path / "d")], "cannot read data file"
+        argv, msg = ["--data", str(tmp_path / "d")], "holds no .txt files"
     elif case == "missing":
         argv, msg = ["--data", str(tmp_path / "nope")], "does not exist"
     elif case == "ctx0":
@@ -132,11 +146,12 @@ def test_trainer_rejects_bad_input(tmp_path, case):
         argv, msg = ["--lr", "-0.001"], "lr must be a positive"
     r = run_trainer(out + argv)
     assert r.returncode != 0 and msg in r.stderr, r.stderr[-2000:]
-    assert "train:" not in r.stderr and not (tmp_path / "out" / "ckpt.pt").exists()
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_trainer_rejects_checkpoint_of_other_config(tmp_path, corpus):
-    load_trainer().main(["--data", str(corpus), "--out-dir", str(tmp_path), "--max-steps", "2", "--ckpt-interval", "2",
+    train(["--data", str(corpus), "--out-dir", str(tmp_path), "--max-steps", "2", "--ckpt-interval", "2",
                          "--eval-interval", "2", *TINY])
     r = run_trainer(["--data", str(corpus), "--out-dir", str(tmp_path), "--resume", *TINY, "--n-layer", "3"])
     assert r.returncode != 0 and "does not match" in r.stderr

@@ -1,8 +1,7 @@
-"""The data pipeline and the enwik8 trainer (examples/train_enwik8.py)."""
+"""The byte data pipeline and the trainer (rwkv_wkv.train, as examples/train_enwik8.py runs it)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,17 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from rwkv_wkv import RWKV, checkpoint
 from rwkv_wkv import data as D
+from rwkv_wkv.errors import UsageError
+from rwkv_wkv.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER = ROOT / "examples" / "train_enwik8.py"
-
-
-def load_trainer():
-    spec = importlib.util.spec_from_file_location("train_enwik8", TRAINER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 TINY = ["--n-layer", "2", "--n-embd", "32", "--ctx-len", "32", "--batch-size", "4", "--lr", "3e-3",
@@ -116,55 +111,56 @@ def test_eval_windows_cover_split():
 
 # ---- trainer ----------------------------------------------------------------------------------
 def test_training_loss_falls(tmp_path, corpus_file):
-    tr = load_trainer()
-    res = tr.main(["--data", str(corpus_file), "--out-dir", str(tmp_path), "--max-steps", "60",
+    res = train(["--data", str(corpus_file), "--out-dir", str(tmp_path), "--max-steps", "60",
                    "--eval-interval", "30", "--ckpt-interval", "30", *TINY])
-    losses = [r["train_loss"] for r in res["records"]]
+    losses = [r["train_loss"] for r in res["records"] if "train_loss" in r]
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
-    assert res["test_bpc"] < D.unigram_entropy_bits(np.fromfile(corpus_file, dtype=np.uint8))
-    for name in ["ckpt.pt", "log.jsonl", "loss.png", "sample.txt", "model.pth"]:
+    assert res["test_bpb"] < D.unigram_entropy_bits(np.fromfile(corpus_file, dtype=np.uint8))
+    for name in ["ckpt/trainer_state.pt", "log.jsonl", "loss.png", "sample.txt", "model.pth"]:
         assert (tmp_path / name).exists(), name
-    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert ck["step"] == 60
+    assert checkpoint.read_state(tmp_path / "ckpt")["step"] == 60
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert sum("val_bpc" in r for r in log) == 2 and "test_bpc" in log[-1]
+    # before training, then every 30 steps; the test over the whole split last
+    assert [r["step"] for r in log if "val_bpb" in r] == [0, 30, 60] and "test_bpb" in log[-1]
 
 
 def test_builtin_corpus_training_runs(tmp_path, capsys):
-    tr = load_trainer()
-    tr.main(["--out-dir", str(tmp_path), "--max-steps", "3", "--eval-interval", "3", "--ckpt-interval", "3", *TINY])
+    train(["--out-dir", str(tmp_path), "--max-steps", "3", "--eval-interval", "3", "--ckpt-interval", "3", *TINY])
     out = capsys.readouterr().out
     assert "BUILT-IN corpus" in out and "test:" in out
 
 
 def test_resume_is_bit_identical(tmp_path, corpus_file):
-    tr = load_trainer()
     common = ["--data", str(corpus_file), "--max-steps", "20", "--eval-interval", "5", "--ckpt-interval", "5", *TINY]
-    full = tr.main(["--out-dir", str(tmp_path / "full"), *common])
-    tr.main(["--out-dir", str(tmp_path / "split"), "--stop-after", "12", *common])  # killed after step 12
-    resumed = tr.main(["--out-dir", str(tmp_path / "split"), "--resume", *common])  # resumes at 10
-    a = [r["train_loss"] for r in full["records"]]
-    b = [r["train_loss"] for r in resumed["records"]]
+    full = train(["--out-dir", str(tmp_path / "full"), *common])
+    train(["--out-dir", str(tmp_path / "split"), "--stop-after", "12", *common])  # killed after step 12
+    resumed = train(["--out-dir", str(tmp_path / "split"), "--resume", *common])  # resumes at 10
+    a = [r.get("train_loss") for r in full["records"]]
+    b = [r.get("train_loss") for r in resumed["records"]]
     assert a == b  # bit-identical on CPU
     for (n, p), q in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values()):
         assert torch.equal(p, q), n
-    assert full["test_bpc"] == resumed["test_bpc"]
+    assert full["test_bpb"] == resumed["test_bpb"]
     log = [json.loads(x) for x in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "train_loss" in r] == list(range(1, 21))
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path, corpus_file):
-    tr = load_trainer()
     args = ["--data", str(corpus_file), "--out-dir", str(tmp_path), "--max-steps", "4", "--ckpt-interval", "2", "--eval-interval", "2", *TINY]
-    tr.main(args)
-    ck = tmp_path / "ckpt.pt"
-    blob = ck.read_bytes()
-    ck.write_bytes(blob[: len(blob) // 2])  # truncated mid-write
-    with pytest.raises(tr.CheckpointError, match="corrupt or truncated"):
-        tr.main(args + ["--resume"])
-    ck.write_bytes(b"")
-    with pytest.raises(tr.CheckpointError, match="corrupt or truncated"):
-        tr.main(args + ["--resume"])
+    train(args)
+    shard = next((tmp_path / "ckpt").glob("*.distcp"))
+    blob = shard.read_bytes()
+    shard.write_bytes(blob[: len(blob) // 2])  # the weights truncated
+    with pytest.raises(UsageError, match="corrupt or truncated"):
+        train(args + ["--resume"])
+    state = tmp_path / "ckpt" / "trainer_state.pt"
+    blob = state.read_bytes()
+    state.write_bytes(blob[: len(blob) // 2])  # the trainer state truncated
+    with pytest.raises(UsageError, match="corrupt or truncated.*refusing to start fresh"):
+        train(args + ["--resume"])
+    state.write_bytes(b"")
+    with pytest.raises(UsageError, match="corrupt or truncated"):
+        train(args + ["--resume"])
 
 
 @pytest.mark.parametrize("bad,message", [
@@ -173,17 +169,15 @@ def test_corrupt_checkpoint_is_refused(tmp_path, corpus_file):
     (["--batch-size", "0"], "batch-size must be >= 1"),
 ])
 def test_bad_settings_fail_before_training(tmp_path, bad, message):
-    tr = load_trainer()
-    with pytest.raises(SystemExit, match=message):
-        tr.main(["--out-dir", str(tmp_path), *TINY, *bad])
+    with pytest.raises(UsageError, match=message):
+        train(["--out-dir", str(tmp_path), *TINY, *bad])
 
 
 def test_checkpoint_from_other_config_is_refused(tmp_path, corpus_file):
-    tr = load_trainer()
     args = ["--data", str(corpus_file), "--out-dir", str(tmp_path), "--max-steps", "2", "--ckpt-interval", "2", "--eval-interval", "2", *TINY]
-    tr.main(args)
-    with pytest.raises(SystemExit, match="does not match"):
-        tr.main(args + ["--n-embd", "48", "--resume"])
+    train(args)
+    with pytest.raises(UsageError, match="does not match"):
+        train(args + ["--n-embd", "48", "--resume"])
 
 
 def test_ddp_two_processes_match_single(tmp_path, corpus_file):
@@ -198,31 +192,30 @@ def test_ddp_two_processes_match_single(tmp_path, corpus_file):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     single = common.copy()
     single[single.index("--batch-size") + 1] = "4"
-    tr = load_trainer()
-    ref = tr.main(["--out-dir", str(tmp_path / "single"), *single])
+    ref = train(["--out-dir", str(tmp_path / "single"), *single])
     ddp_log = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     ddp_losses = [r["train_loss"] for r in ddp_log if "train_loss" in r]
-    ref_losses = [r["train_loss"] for r in ref["records"]]
+    ref_losses = [r["train_loss"] for r in ref["records"] if "train_loss" in r]
     np.testing.assert_allclose(ddp_losses, ref_losses, rtol=1e-4, atol=1e-5)
-    ddp_val = [r["val_bpc"] for r in ddp_log if "val_bpc" in r]
-    np.testing.assert_allclose(ddp_val, [r["val_bpc"] for r in ref["records"] if "val_bpc" in r], rtol=1e-4)
-    ck = torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)
+    ddp_val = [r["val_bpb"] for r in ddp_log if "val_bpb" in r]
+    np.testing.assert_allclose(ddp_val, [r["val_bpb"] for r in ref["records"] if "val_bpb" in r], rtol=1e-4)
+    saved = RWKV.from_checkpoint(tmp_path / "ddp" / "ckpt").state_dict()
     for n, p in ref["model"].state_dict().items():
-        torch.testing.assert_close(ck["model"][n], p, rtol=1e-3, atol=1e-5, msg=n)
+        torch.testing.assert_close(saved[n], p, rtol=1e-3, atol=1e-5, msg=n)
 
 
 def test_trainer_checkpoint_loads_into_model_and_vocab_mismatch_is_refused(tmp_path, corpus_file):
-    from rwkv_wkv import RWKV
-
-    tr = load_trainer()
     args = ["--data", str(corpus_file), "--out-dir", str(tmp_path), "--max-steps", "2", "--ckpt-interval", "2",
             "--eval-interval", "2", *TINY]
-    res = tr.main(args)
-    model = RWKV.from_checkpoint(tmp_path / "ckpt.pt")
+    res = train(args)
+    model = RWKV.from_checkpoint(tmp_path / "ckpt")
     for (n, p), q in zip(res["model"].state_dict().items(), model.state_dict().values()):
         assert torch.equal(p, q), n
-    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    ck["config"]["vocab_size"] = 300
-    torch.save(ck, tmp_path / "ckpt.pt")
-    with pytest.raises(SystemExit, match="does not match"):
-        tr.main(args + ["--resume"])
+    file = tmp_path / "ckpt" / "trainer_state.pt"
+    st = torch.load(file, weights_only=True)
+    st["config"]["vocab_size"] = 300
+    torch.save(st, file)
+    with pytest.raises(UsageError, match="does not match"):
+        train(args + ["--resume"])
+    with pytest.raises(ValueError, match="do not fit"):
+        RWKV.from_checkpoint(tmp_path / "ckpt")

@@ -15,6 +15,7 @@ One process reads the weights back without a process group (``read_weights``), w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -26,14 +27,22 @@ import torch.distributed as dist
 
 from .errors import first_line
 
-# torch.distributed.checkpoint is imported where it is used: it costs ~0.7 s, and
-# ``import rwkv_wkv`` (which reaches this module through from_checkpoint) should not pay it
 
 FORMAT = 2
 STATE = "trainer_state.pt"
 
-# one process saving and loading with torch.distributed.checkpoint is intended
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+
+@contextlib.contextmanager
+def _dcp():
+    """torch.distributed.checkpoint, imported on first use (it costs ~0.7 s, and ``import
+    rwkv_wkv`` reaches this module); one process saving or loading with it is intended, so its
+    warning about that is silenced while it runs."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield dcp
 
 
 def is_checkpoint(path) -> bool:
@@ -62,11 +71,11 @@ def save(path, model, optimizer, trainer_state: dict, rank: int, world: int):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier(world)
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    with _dcp() as dcp:
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     if rank == 0:
         torch.save({"format": FORMAT, **trainer_state}, tmp / STATE)
         # fault injection for tests/test_reliability.py: signal, then stall with the new
@@ -100,27 +109,37 @@ def read_state(path) -> dict:
 def load(path, model, optimizer):
     """Loads the shards at ``path`` into ``model`` (as training calls it: FSDP, DDP or plain)
     and ``optimizer``; a collective. ValueError if the shards are unreadable."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     try:
-        dcp.load(state, checkpoint_id=str(path))
-    except Exception as e:
-        raise ValueError(f"checkpoint {path}: its shards are corrupt or truncated ({type(e).__name__}: "
-                         f"{first_line(e)})") from e
+        with _dcp() as dcp:
+            dcp.load(state, checkpoint_id=str(path))
+    except BaseException as e:  # torch's CheckpointException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise ValueError(f"checkpoint {path}: its shards are corrupt or truncated ({_reason(e)})") from e
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
 def read_weights(path, state_dict: dict) -> dict:
     """Fills ``state_dict`` (a model's, by name) with the weights saved at ``path``, in one
     process; returns it. ValueError if they cannot be read into it."""
-    import torch.distributed.checkpoint as dcp
-
     try:
-        dcp.load({"model": state_dict}, checkpoint_id=str(path))
-    except Exception as e:
-        raise ValueError(f"{path}: its weights do not fit the model its config describes or are unreadable "
-                         f"({type(e).__name__}: {first_line(e)})") from e
+        with _dcp() as dcp:
+            dcp.load({"model": state_dict}, checkpoint_id=str(path))
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise ValueError(f"{path}: its weights do not fit the model its config describes, or are corrupt "
+                         f"({_reason(e)})") from e
     return state_dict
+
+
+def _reason(e):
+    """One line for a failed load: the underlying error of a CheckpointException (its last line)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if type(e).__name__ == "CheckpointException" and lines:
+        return lines[-1][:300]
+    return f"{type(e).__name__}: {first_line(e)}"
