@@ -30,7 +30,7 @@ def _cpu_isas():
 
 CPU_ISAS = _cpu_isas()
 HAS_CUDA = torch.cuda.is_available() and rwkv_wkv.build_info()["cuda"]
-# The CUDA kernels' bodies emulated on the CPU (csrc/cpu/wkv_emulate.cpp), with one chunk (the
+# The CUDA kernels' bodies emulated on the CPU (csrc/rwkv4/cpu/wkv_emulate.cpp), with one chunk (the
 # serial kernel), 32-step chunks (one segment each) and 96-step chunks (three segments each);
 # on a GPU the same three settings besides the automatic plan.
 CHUNKINGS = {"serial": "serial", "chunk32": 32, "chunk96": 96}

@@ -1,5 +1,5 @@
 """The built library is on the LibTorch stable ABI: one build loads under every torch from its
-target release on (csrc/wkv_ops.cpp, CMakeLists.txt; .ci/run loads one wheel under several).
+target release on (csrc/rwkv4/wkv_ops.cpp, CMakeLists.txt; .ci/run loads one wheel under several).
 
 The mechanical proof is the dynamic symbol table: every symbol the library needs from elsewhere
 is the stable C shim (aoti_torch_*, torch_*), the C/C++ runtime, OpenMP or the CUDA runtime;

@@ -1,5 +1,5 @@
 """The CUDA kernels' T-chunked passes, run on the CPU through their emulation, and the
-forward's checkpoints (csrc/wkv_chunked.h, csrc/wkv_cuda_driver.h, csrc/cpu/wkv_emulate.cpp).
+forward's checkpoints (csrc/rwkv4/wkv_chunked.h, csrc/rwkv4/wkv_cuda_driver.h, csrc/rwkv4/cpu/wkv_emulate.cpp).
 
 Every other op test also runs on the emulated backends (conftest.BACKENDS); this file aims at
 the chunk arithmetic itself: chunk and segment boundaries (T % chunk != 0, one chunk, chunk > T),
@@ -215,7 +215,7 @@ def test_autograd_saves_checkpoints_only_when_needed():
 # ---- the plan -------------------------------------------------------------------------------
 
 def test_plan_matches_the_measured_prototype():
-    """With an H200's 132 SMs the plan picks the chunk lengths GPU_NOTES.md measured best
+    """With an H200's 132 SMs the plan picks the chunk lengths measured best (docs/cuda.md)
     (within a factor 2 where noted) and the serial kernel once B * C fills the GPU."""
     plan = {s: rwkv_wkv.cuda_plan(*s, sms=132) for s in
             [(1, 1024, 512), (8, 1024, 512), (16, 1024, 768), (1, 16384, 512), (4, 4096, 1024),

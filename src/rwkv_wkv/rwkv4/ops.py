@@ -1,6 +1,6 @@
 """The Python side of the ops: fake kernels, autograd, and the public functions.
 
-torch.ops.wkv.wkv_forward / wkv_backward are defined in C++ (csrc/wkv_ops.cpp). Here they get
+torch.ops.wkv.wkv_forward / wkv_backward are defined in C++ (csrc/rwkv4/wkv_ops.cpp). Here they get
 fake (meta) kernels, so torch.compile / export can trace them, and an autograd formula, so
 ``wkv`` and ``wkv_with_state`` are differentiable in every input including the state.
 """
@@ -49,7 +49,7 @@ def _check_fake_state(op, s, name, k, B, C):
 
 
 # The forward can save the state before every CHECKPOINT_STEPS-th step for the backward
-# (csrc/wkv.h kCheckpointSteps): (B, ceil(T / 32), 3, C) in the math dtype, ~3/32 of k's elements.
+# (csrc/rwkv4/wkv.h kCheckpointSteps): (B, ceil(T / 32), 3, C) in the math dtype, ~3/32 of k's elements.
 CHECKPOINT_STEPS = 32
 
 

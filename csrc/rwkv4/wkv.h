@@ -1,7 +1,7 @@
 // The WKV recurrence of RWKV-4, written once.
 //
 // Both kernels include this header: the CUDA kernel instantiates the step functions with a
-// scalar `float`/`double` per thread, the CPU kernels with a SIMD vector type (csrc/cpu/vec_*.h)
+// scalar `float`/`double` per thread, the CPU kernels with a SIMD vector type (csrc/common/vec_*.h)
 // or a scalar lane. A lane type V needs: + - * / and unary -, construction from a scalar,
 // `x >= y` returning a mask, and the free functions wkv_abs, wkv_select(mask, a, b) and
 // wkv_exp_nonpos (exp of an argument <= 0, which is all the recurrence ever needs).
@@ -15,7 +15,7 @@
 // Of each exponential pair (exp(x - q), exp(z - q)) with q = max(x, z), one is exp(0) = 1, so
 // each max-branch costs one exp: exp(-|x - z|).
 //
-// Backward (derivation in DESIGN.md §1 and README "The op contract"): going from t = T-1 down
+// Backward (derivation: docs/op.md, "Backward"): going from t = T-1 down
 // to 0 we carry the adjoints of the unscaled sums A_t = aa_t e^{pp_t}, B_t = bb_t e^{pp_t} in
 // scaled form ga = dL/dA_t * e^{pp_t}, gb = dL/dB_t * e^{pp_t}. They stay bounded (|ga| <=
 // sum|g| / bb_t, and bb_t >= 1 once a token has been seen), so no step overflows. `gcarry` is
@@ -183,7 +183,7 @@ WKV_HD void backward_finish(V ga, V gb, V gcarry, V aa_0, V bb_0, V& gaa, V& gbb
 
 // ---- chunks of T --------------------------------------------------------------------------
 // The recurrence is associative, so T can be cut into chunks processed in parallel
-// (csrc/wkv_chunked.h). With A = aa e^{pp}, B = bb e^{pp}, a chunk of n steps maps the state
+// (csrc/rwkv4/wkv_chunked.h). With A = aa e^{pp}, B = bb e^{pp}, a chunk of n steps maps the state
 // entering it to e^{n w} (A, B) + (the chunk's own fold from the empty state).
 
 // Combines the state entering a chunk of n steps (aa, bb, pp; updated in place) with the

@@ -10,42 +10,14 @@
 
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <vector>
 
-#include "../wkv_launch.h"
+#include "common/cpu_isa.h"
+#include "rwkv4/wkv_launch.h"
 #include "wkv_cpu_args.h"
 
 namespace wkv {
 namespace {
-
-enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, CudaEmulation = 3 };
-
-Isa best_isa() {
-#if defined(WKV_HAVE_X86_KERNELS)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return Isa::Avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-      __builtin_cpu_supports("f16c")) {
-    return Isa::Avx2;
-  }
-#endif
-  return Isa::Scalar;
-}
-
-std::atomic<int>& isa_setting() {
-  static std::atomic<int> isa{static_cast<int>(best_isa())};
-  return isa;
-}
-
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::Avx512: return "avx512";
-    case Isa::Avx2: return "avx2";
-    case Isa::CudaEmulation: return "cuda_emulation";
-    default: return "scalar";
-  }
-}
 
 template <class S, class I>
 CpuArgs<S, I> make_args(const Launch& a, const Tensor& w) {
@@ -65,7 +37,7 @@ CpuArgs<S, I> make_args(const Launch& a, const Tensor& w) {
 
 template <class I>
 bool run_forward(const CpuArgs<float, I>& c) {
-  switch (static_cast<Isa>(isa_setting().load())) {
+  switch (current_isa()) {
 #if defined(WKV_HAVE_X86_KERNELS)
     case Isa::Avx512: return forward_cpu_avx512(c);
     case Isa::Avx2: return forward_cpu_avx2(c);
@@ -75,7 +47,7 @@ bool run_forward(const CpuArgs<float, I>& c) {
 }
 template <class I>
 bool run_backward(const CpuArgs<float, I>& c) {
-  switch (static_cast<Isa>(isa_setting().load())) {
+  switch (current_isa()) {
 #if defined(WKV_HAVE_X86_KERNELS)
     case Isa::Avx512: return backward_cpu_avx512(c);
     case Isa::Avx2: return backward_cpu_avx2(c);
@@ -158,41 +130,13 @@ void dispatch_types(const Launch& a, Fn fn) {
 }  // namespace
 
 void forward_cpu(const Launch& a) {
-  if (static_cast<Isa>(isa_setting().load()) == Isa::CudaEmulation) return forward_emulated(a);
+  if (current_isa() == Isa::CudaEmulation) return forward_emulated(a);
   dispatch_types(a, [&]<class S, class I>() { forward_typed<S, I>(a); });
 }
 
 void backward_cpu(const Launch& a) {
-  if (static_cast<Isa>(isa_setting().load()) == Isa::CudaEmulation) return backward_emulated(a);
+  if (current_isa() == Isa::CudaEmulation) return backward_emulated(a);
   dispatch_types(a, [&]<class S, class I>() { backward_typed<S, I>(a); });
-}
-
-std::string cpu_isa() { return isa_name(static_cast<Isa>(isa_setting().load())); }
-
-std::string set_cpu_isa(const std::string& name) {
-  const Isa best = best_isa();
-  Isa want;
-  if (name == "auto") {
-    want = best;
-  } else if (name == "avx512") {
-    want = Isa::Avx512;
-  } else if (name == "avx2") {
-    want = Isa::Avx2;
-  } else if (name == "scalar") {
-    want = Isa::Scalar;
-  } else if (name == "cuda_emulation") {
-    isa_setting().store(static_cast<int>(Isa::CudaEmulation));
-    return isa_name(Isa::CudaEmulation);
-  } else {
-    WKV_CHECK_VALUE(false,
-                      "isa must be one of 'auto', 'avx512', 'avx2', 'scalar', 'cuda_emulation'; "
-                      "got '", name, "'");
-  }
-  WKV_CHECK(static_cast<int>(want) <= static_cast<int>(best), "isa '", name,
-              "' is not supported by this processor/build (best available: '", isa_name(best),
-              "')");
-  isa_setting().store(static_cast<int>(want));
-  return isa_name(want);
 }
 
 }  // namespace wkv

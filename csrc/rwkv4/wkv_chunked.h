@@ -1,8 +1,8 @@
 // The CUDA kernels' bodies: one function per pass, of (thread index, arguments), runnable on a
-// GPU (csrc/wkv_kernel.cu wraps each in a one-line __global__) and on the CPU (csrc/cpu/
+// GPU (csrc/rwkv4/wkv_kernel.cu wraps each in a one-line __global__) and on the CPU (csrc/rwkv4/cpu/
 // wkv_emulate.cpp loops over the whole grid), so the chunk arithmetic and all indexing are
-// tested on machines without a GPU. The math is csrc/wkv.h; this file only says who computes
-// which steps. The driver that picks passes and allocates buffers is csrc/wkv_cuda_driver.h.
+// tested on machines without a GPU. The math is csrc/rwkv4/wkv.h; this file only says who computes
+// which steps. The driver that picks passes and allocates buffers is csrc/rwkv4/wkv_cuda_driver.h.
 //
 // A "lane" is one (batch row b, channel c). T is cut into chunks of `chunk` steps (a multiple
 // of kCheckpointSteps; chunk >= T means one chunk: the serial kernel, one thread per lane).
@@ -29,10 +29,9 @@
 #include <type_traits>
 
 #include "wkv.h"
+#include "wkv_io.h"
 
 namespace wkv {
-
-constexpr int kSeg = kCheckpointSteps;
 
 // The inner loops take their sequences as __restrict__ parameters: then (also after inlining)
 // the compiler may load step t+1's k, v before storing step t's output, which it must not
@@ -69,32 +68,15 @@ WKV_HD LaneState<S> empty_lane_state() {
 // Arguments shared by every pass. TIn: the sequences' type (float, double, c10::BFloat16,
 // c10::Half); S: the math type (float, or double for double sequences).
 template <class TIn, class S>
-struct ScanArgs {
-  int64_t B = 0, T = 0, C = 0;
-  int64_t chunk = 0, nchunks = 1, nckpt = 0;  // nckpt = ceil(T / kSeg)
-  const S* w = nullptr;     // (C,): w itself, or time_decay when w_is_log (w = -exp(it))
-  bool w_is_log = false;
-  const S* u = nullptr;     // (C,) time_first
-  const TIn* k = nullptr;   // (B, T, C)
-  const TIn* v = nullptr;   // (B, T, C)
-  const S* state_in = nullptr;  // (B, 3, C) or null (the empty state)
-  // forward
-  TIn* y = nullptr;             // (B, T, C) or null (only checkpoints wanted)
-  S* state_out = nullptr;       // (B, 3, C) or null
-  S* checkpoints = nullptr;     // (B, nckpt, 3, C): written by the forward, read by backward
-  S* starts = nullptr;          // (B, nchunks, 3, C): chunk folds, then chunk start states
-  // backward
-  const TIn* gy = nullptr;          // (B, T, C)
-  const S* gstate_out = nullptr;    // (B, 3, C) or null
-  TIn* gk = nullptr;                // (B, T, C)
-  TIn* gv = nullptr;                // (B, T, C)
-  S* local = nullptr;               // (B, nchunks, 4, C): ga_loc, gb_loc, decay, keep
-  S* adjoint = nullptr;             // (B, nchunks, 3, C): ga, gb, gcarry at each chunk's end
-  S* parts = nullptr;               // (B, nchunks, 2, C): sum over the chunk of dL/dw, dL/du
-  S* gstate_in = nullptr;           // (B, 3, C) or null
-  S* gw = nullptr;                  // reduce: (C,) if sum_rows, else (B, C) accumulated (+=)
-  S* gu = nullptr;
-  bool sum_rows = false;
+struct ScanArgs : WkvIo<const S*, S*, const TIn*, TIn*> {
+  int64_t chunk = 0, nchunks = 1, nckpt = 0;  // nckpt = ceil(T / kCheckpointSteps)
+  bool w_is_log = false;  // w holds time_decay (w = -exp(it) is formed here)
+  bool sum_rows = false;  // the reduce pass: gw, gu (C,) summed over rows, else (B, C) +=
+  // (y may be null: only the checkpoints wanted)
+  S* starts = nullptr;   // (B, nchunks, 3, C): chunk folds, then chunk start states
+  S* local = nullptr;    // (B, nchunks, 4, C): ga_loc, gb_loc, decay, keep
+  S* adjoint = nullptr;  // (B, nchunks, 3, C): ga, gb, gcarry at each chunk's end
+  S* parts = nullptr;    // (B, nchunks, 2, C): sum over the chunk of dL/dw, dL/du
 };
 
 template <class TIn, class S>
@@ -142,7 +124,7 @@ WKV_HD LaneState<S> initial_state(const ScanArgs<TIn, S>& a, int64_t b, int64_t 
 
 // ---- forward ---------------------------------------------------------------------------------
 
-// n (<= kSeg) steps from the state s, writing y if given (else only advancing: u is unused);
+// n (<= kCheckpointSteps) steps from the state s, writing y if given (else only advancing: u is unused);
 // in-segment offsets are 32-bit.
 template <class TIn, class S>
 WKV_HD void emit_segment(S w, S u, const TIn* WKV_RESTRICT k, const TIn* WKV_RESTRICT v,
@@ -171,9 +153,9 @@ struct FwdFold {
     const S w = decay_of(a, l.c);
     LaneState<S> s = empty_lane_state<S>();
     const int64_t t1 = chunk_end(a, l.j);
-    for (int64_t s0 = l.j * a.chunk; s0 < t1; s0 += kSeg) {
+    for (int64_t s0 = l.j * a.chunk; s0 < t1; s0 += kCheckpointSteps) {
       const int64_t off = (l.b * a.T + s0) * a.C + l.c;
-      const int n = static_cast<int>(t1 - s0 < kSeg ? t1 - s0 : kSeg);
+      const int n = static_cast<int>(t1 - s0 < kCheckpointSteps ? t1 - s0 : kCheckpointSteps);
       emit_segment(w, S(0), a.k + off, a.v + off, static_cast<TIn*>(nullptr), static_cast<int>(a.C), n, s);
     }
     store_lane_state(a.starts, l.b * a.nchunks + l.j, a.C, l.c, s);
@@ -215,9 +197,9 @@ struct FwdEmit {
     LaneState<S> s = a.nchunks == 1 ? initial_state(a, l.b, l.c)
                                     : load_lane_state(a.starts, l.b * a.nchunks + l.j, a.C, l.c);
     const int64_t t1 = chunk_end(a, l.j);
-    for (int64_t s0 = l.j * a.chunk; s0 < t1; s0 += kSeg) {
-      if (a.checkpoints) store_lane_state(a.checkpoints, l.b * a.nckpt + s0 / kSeg, a.C, l.c, s);
-      const int n = static_cast<int>(t1 - s0 < kSeg ? t1 - s0 : kSeg);
+    for (int64_t s0 = l.j * a.chunk; s0 < t1; s0 += kCheckpointSteps) {
+      if (a.checkpoints) store_lane_state(a.checkpoints, l.b * a.nckpt + s0 / kCheckpointSteps, a.C, l.c, s);
+      const int n = static_cast<int>(t1 - s0 < kCheckpointSteps ? t1 - s0 : kCheckpointSteps);
       const int64_t off = (l.b * a.T + s0) * a.C + l.c;
       emit_segment(w, u, a.k + off, a.v + off, a.y ? a.y + off : nullptr, static_cast<int>(a.C), n, s);
     }
@@ -227,7 +209,7 @@ struct FwdEmit {
 
 // ---- backward --------------------------------------------------------------------------------
 
-// Adjoints carried backwards (scaled, csrc/wkv.h) and what a walk accumulates.
+// Adjoints carried backwards (scaled, csrc/rwkv4/wkv.h) and what a walk accumulates.
 template <class S>
 struct Walk {
   S ga, gb, gcarry;  // adjoints of the state after the current step
@@ -235,19 +217,19 @@ struct Walk {
   S decay, keep;     // the chunk's linear map (track_chunk_map), when wanted
 };
 
-// Recomputes the states before steps s0 .. s0+n-1 (n <= kSeg) from the checkpoint at s0 into
+// Recomputes the states before steps s0 .. s0+n-1 (n <= kCheckpointSteps) from the checkpoint at s0 into
 // (ta, tb, tp); returns the state after the last of them.
 template <class TIn, class S>
 WKV_HD LaneState<S> recompute_segment(const ScanArgs<TIn, S>& a, int64_t b, int64_t c, S w,
                                       int64_t s0, int n, S* ta, S* tb, S* tp) {
-  LaneState<S> s = load_lane_state(a.checkpoints, b * a.nckpt + s0 / kSeg, a.C, c);
+  LaneState<S> s = load_lane_state(a.checkpoints, b * a.nckpt + s0 / kCheckpointSteps, a.C, c);
   const int64_t off = (b * a.T + s0) * a.C + c;
   const TIn* kp = a.k + off;
   const TIn* vp = a.v + off;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int t = 0; t < kSeg; ++t) {
+  for (int t = 0; t < kCheckpointSteps; ++t) {
     if (t < n) {
       const int o = t * static_cast<int>(a.C);
       ta[t] = s.aa;
@@ -268,7 +250,7 @@ WKV_HD void reverse_steps(S w, S u, const TIn* WKV_RESTRICT k, const TIn* WKV_RE
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int t = kSeg - 1; t >= 0; --t) {
+  for (int t = kCheckpointSteps - 1; t >= 0; --t) {
     if (t < n) {
       const int o = t * C;
       const S kt = load_in<TIn, S>(k, o), vt = load_in<TIn, S>(v, o);
@@ -312,10 +294,10 @@ WKV_HD void seed_walk(const ScanArgs<TIn, S>& a, int64_t b, int64_t c, const Lan
 template <bool write, bool track, class TIn, class S>
 WKV_HD void walk_chunk(const ScanArgs<TIn, S>& a, int64_t b, int64_t j, int64_t c, S w, S u,
                        bool seed_at_end, Walk<S>& g) {
-  S ta[kSeg], tb[kSeg], tp[kSeg];
+  S ta[kCheckpointSteps], tb[kCheckpointSteps], tp[kCheckpointSteps];
   const int64_t t0 = j * a.chunk, t1 = chunk_end(a, j);
-  for (int64_t s0 = t0 + ((t1 - 1 - t0) / kSeg) * kSeg; s0 >= t0; s0 -= kSeg) {
-    const int n = static_cast<int>(t1 - s0 < kSeg ? t1 - s0 : kSeg);
+  for (int64_t s0 = t0 + ((t1 - 1 - t0) / kCheckpointSteps) * kCheckpointSteps; s0 >= t0; s0 -= kCheckpointSteps) {
+    const int n = static_cast<int>(t1 - s0 < kCheckpointSteps ? t1 - s0 : kCheckpointSteps);
     const LaneState<S> after = recompute_segment(a, b, c, w, s0, n, ta, tb, tp);
     if (seed_at_end && s0 + n == a.T) seed_walk(a, b, c, after, g);
     reverse_segment<write, track>(a, b, c, w, u, s0, n, ta, tb, tp, g);
@@ -345,7 +327,7 @@ struct BwdScan {
     if (a.gstate_out) {
       // The returned state: the last checkpoint advanced through the last (partial) segment.
       const S w = decay_of(a, c);
-      const int64_t s0 = (a.nckpt - 1) * kSeg;
+      const int64_t s0 = (a.nckpt - 1) * kCheckpointSteps;
       LaneState<S> s = load_lane_state(a.checkpoints, b * a.nckpt + a.nckpt - 1, a.C, c);
       const int64_t off = (b * a.T + s0) * a.C + c;
       emit_segment(w, S(0), a.k + off, a.v + off, static_cast<TIn*>(nullptr), static_cast<int>(a.C),
@@ -431,20 +413,20 @@ struct BwdReduce {
 // ---- the plan --------------------------------------------------------------------------------
 
 // Chunk length for B lanes-rows x C channels x T steps on a GPU with `sms` multiprocessors:
-// `forced` > 0 rounds that up to a multiple of kSeg; -1 forces one chunk (the serial kernel);
-// 0 chooses. The choice: the shortest chunk (kSeg * 2^m) that is at least sqrt(T) / 2 (so the
+// `forced` > 0 rounds that up to a multiple of kCheckpointSteps; -1 forces one chunk (the serial kernel);
+// 0 chooses. The choice: the shortest chunk (kCheckpointSteps * 2^m) that is at least sqrt(T) / 2 (so the
 // per-lane scan over chunks stays shorter than the chunks) and keeps B * C * nchunks threads
 // within about one full GPU (2048 per multiprocessor). Once B * C alone fills the GPU that
 // length reaches T: one chunk, the serial kernel. Returns a length >= T for one chunk.
 inline int64_t plan_chunk(int64_t B, int64_t T, int64_t C, int64_t sms, int64_t forced) {
-  const int64_t whole = ((T + kSeg - 1) / kSeg) * kSeg;
+  const int64_t whole = ((T + kCheckpointSteps - 1) / kCheckpointSteps) * kCheckpointSteps;
   if (forced == -1) return whole;
   if (forced > 0) {
-    const int64_t l = ((forced + kSeg - 1) / kSeg) * kSeg;
+    const int64_t l = ((forced + kCheckpointSteps - 1) / kCheckpointSteps) * kCheckpointSteps;
     return l < whole ? l : whole;
   }
   const int64_t target = (sms > 0 ? sms : 1) * 2048;
-  int64_t l = kSeg;
+  int64_t l = kCheckpointSteps;
   while (l < T && (4 * l * l < T || B * C * ((T + l - 1) / l) > target)) l *= 2;
   return l < whole ? l : whole;
 }

@@ -1,12 +1,12 @@
-// The CUDA kernels on the CPU: every pass of csrc/wkv_chunked.h run over its whole grid, pass
-// after pass, through the same driver as the GPU (csrc/wkv_cuda_driver.h), planned as for an
+// The CUDA kernels on the CPU: every pass of csrc/rwkv4/wkv_chunked.h run over its whole grid, pass
+// after pass, through the same driver as the GPU (csrc/rwkv4/wkv_cuda_driver.h), planned as for an
 // H100/H200. Selected with rwkv_wkv.cpu_isa("cuda_emulation"); the test suite runs every CPU
 // test this way too, so chunk boundaries and indexing are checked on machines without a GPU.
 // Only launch configuration and memory-system effects are left to a real GPU run. (Host code
-// uses the accurate exp and division; the GPU uses __expf and __fdividef, see csrc/wkv.h.)
+// uses the accurate exp and division; the GPU uses __expf and __fdividef, see csrc/rwkv4/wkv.h.)
 #include <torch/csrc/stable/ops.h>
 
-#include "../wkv_cuda_driver.h"
+#include "rwkv4/wkv_cuda_driver.h"
 
 namespace wkv {
 namespace {

@@ -1,6 +1,6 @@
-// CUDA launcher: every pass of csrc/wkv_chunked.h becomes one kernel through the one-line
-// wrapper below; csrc/wkv_cuda_driver.h decides which passes run (serial or T-chunked) and
-// allocates their small buffers. The same driver runs on the CPU in csrc/cpu/wkv_emulate.cpp.
+// CUDA launcher: every pass of csrc/rwkv4/wkv_chunked.h becomes one kernel through the one-line
+// wrapper below; csrc/rwkv4/wkv_cuda_driver.h decides which passes run (serial or T-chunked) and
+// allocates their small buffers. The same driver runs on the CPU in csrc/rwkv4/cpu/wkv_emulate.cpp.
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>  // aoti_torch_get_current_cuda_stream
 #include <torch/csrc/stable/accelerator.h>
 #include <cuda_runtime.h>

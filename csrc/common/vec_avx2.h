@@ -1,4 +1,4 @@
-// 8 x float32 lanes with AVX2 + FMA, for the recurrence in csrc/wkv.h.
+// 8 x float32 lanes with AVX2 + FMA, for the recurrence in csrc/rwkv4/wkv.h.
 // Included only by wkv_cpu_avx2.cpp (compiled with -mavx2 -mfma -mf16c); internal linkage.
 #pragma once
 

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "wkv_cpu_args.h"
+#include "half_types.h"
 
 namespace {
 

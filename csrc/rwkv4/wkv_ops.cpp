@@ -1,4 +1,5 @@
-// The op schemas (STABLE_TORCH_LIBRARY(wkv)), argument checks, and the CPU/CUDA registrations.
+// RWKV-4's op schemas (a fragment of the wkv library), argument checks, and the CPU/CUDA
+// registrations.
 //
 // Two families of ops:
 //   wkv::forward / wkv::backward   RWKV-LM's wkv_op.cpp contract: sizes passed explicitly,
@@ -8,10 +9,10 @@
 //   wkv::wkv_forward / wkv_backward functional: shapes from the tensors, optional state, no
 //                                  mutation; any strides (non-contiguous inputs are copied).
 //                                  Python registers their fake kernels and autograd
-//                                  (src/rwkv_wkv/ops.py), so torch.compile and opcheck work.
+//                                  (src/rwkv_wkv/rwkv4/ops.py), so torch.compile and opcheck work.
 // Every check runs before any pointer is touched and raises ValueError (bad dtype, shape,
 // size or layout) or RuntimeError (device), naming the argument and what was expected
-// (csrc/wkv_check.h: how those exceptions cross the stable ABI).
+// (csrc/common/check.h: how those exceptions cross the stable ABI).
 //
 // Only the LibTorch stable ABI is used (torch/csrc/stable, torch/headeronly), compiled for
 // TORCH_TARGET_VERSION (CMakeLists.txt): the library calls no libtorch C++ symbol, so one build
@@ -378,66 +379,11 @@ int64_t cuda_plan_op(int64_t B, int64_t T, int64_t C, int64_t sms) {
 
 // ---- build facts ----------------------------------------------------------------------------
 
-std::string build_info() {
-  std::string s;
-#ifdef WKV_WITH_CUDA
-  s += "cuda=1;";
-#else
-  s += "cuda=0;";
-#endif
-#ifdef _OPENMP
-  s += "openmp=1;";
-#else
-  s += "openmp=0;";
-#endif
-  s += "torch=" WKV_TORCH_VERSION ";";
-  // The oldest torch this build loads under: the stable ABI version it was compiled for.
-  s += message("abi=stable;abi_target=", (TORCH_TARGET_VERSION >> 56) & 0xff, ".",
-               (TORCH_TARGET_VERSION >> 48) & 0xff, ";");
-#ifdef WKV_HAVE_X86_KERNELS
-  s += "cpu_kernels=avx512,avx2,scalar;";
-#else
-  s += "cpu_kernels=scalar;";
-#endif
-#ifdef WKV_CUDA_ARCHS
-  s += "cuda_archs=" WKV_CUDA_ARCHS ";";
-#endif
-#ifdef WKV_CUDA_VERSION
-  s += "cuda_version=" WKV_CUDA_VERSION ";";
-#endif
-  s += "cpu_isa=" + cpu_isa();
-  return s;
-}
-
-std::string cpu_isa_op(const std::optional<std::string>& set) {
-  return set.has_value() ? set_cpu_isa(*set) : cpu_isa();
-}
-
 }  // namespace
 
 int64_t chunk_setting() { return chunk_setting_ref().load(); }
 
-Tensor new_tensor(IntHeaderOnlyArrayRef sizes, ScalarType dtype, const Tensor& like) {
-  int64_t strides[8];
-  const int64_t ndim = static_cast<int64_t>(sizes.size());
-  WKV_CHECK(ndim <= 8, "wkv: internal error: a ", ndim, "-dimensional buffer");
-  int64_t stride = 1;
-  for (int64_t i = ndim - 1; i >= 0; --i) {
-    strides[i] = stride;
-    stride *= sizes[i] > 1 ? sizes[i] : 1;
-  }
-  int32_t device_type = 0;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
-  const int32_t shim_dtype =
-      torch::stable::detail::to<int32_t>(torch::stable::detail::from(dtype));
-  AtenTensorHandle handle = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(ndim, sizes.data(), strides, shim_dtype,
-                                                         device_type, like.get_device_index(),
-                                                         &handle));
-  return Tensor(handle);
-}
-
-STABLE_TORCH_LIBRARY(wkv, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(wkv, m) {  // the library itself: csrc/library.cpp
   m.def(
       "forward(int B, int T, int C, Tensor w, Tensor u, Tensor k, Tensor v, Tensor(a!) y) -> ()");
   m.def(
@@ -452,16 +398,12 @@ STABLE_TORCH_LIBRARY(wkv, m) {
       "wkv_backward(Tensor time_decay, Tensor time_first, Tensor k, Tensor v, Tensor? state, "
       "Tensor gy, Tensor? gstate_out, Tensor? checkpoints=None) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Tensor-free queries and settings (CompositeExplicitAutograd below: no tensor to dispatch on).
-  m.def("build_info() -> str");
-  m.def("cpu_isa(str? set=None) -> str");
+  // Tensor-free settings of the CUDA kernels (CompositeExplicitAutograd: no tensor to dispatch on).
   m.def("cuda_chunk(int? set=None) -> int");
   m.def("cuda_plan(int B, int T, int C, int sms=0) -> int");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(wkv, CompositeExplicitAutograd, m) {
-  m.impl("build_info", TORCH_BOX(&build_info));
-  m.impl("cpu_isa", TORCH_BOX(&cpu_isa_op));
   m.impl("cuda_chunk", TORCH_BOX(&cuda_chunk_op));
   m.impl("cuda_plan", TORCH_BOX(&cuda_plan_op));
 }

@@ -1,7 +1,7 @@
-// The CUDA launcher's logic, written once for two executors: the GPU (csrc/wkv_kernel.cu:
-// every pass a kernel launch) and the CPU emulation (csrc/cpu/wkv_emulate.cpp: every pass a
+// The CUDA launcher's logic, written once for two executors: the GPU (csrc/rwkv4/wkv_kernel.cu:
+// every pass a kernel launch) and the CPU emulation (csrc/rwkv4/cpu/wkv_emulate.cpp: every pass a
 // loop over its grid). It chooses the chunk length, allocates the small per-chunk buffers and
-// runs the passes of csrc/wkv_chunked.h in order. An executor provides
+// runs the passes of csrc/rwkv4/wkv_chunked.h in order. An executor provides
 //   int64_t sms;                                    multiprocessors the plan is made for
 //   template <class Body, class TIn, class S>
 //   void run(int64_t threads, const ScanArgs<TIn, S>& args);   Body::run(i, args) for every i
@@ -37,8 +37,8 @@ inline Tensor math_buffer(const Launch& a, torch::headeronly::IntHeaderOnlyArray
 
 template <class TIn, class S>
 ScanArgs<TIn, S> scan_args(const Launch& a, int64_t sms) {
-  // In-segment offsets are 32-bit: kSeg rows of C channels must fit.
-  WKV_CHECK_VALUE(a.C < (int64_t(1) << 31) / kSeg, "wkv: C must be < ", (int64_t(1) << 31) / kSeg,
+  // In-segment offsets are 32-bit: kCheckpointSteps rows of C channels must fit.
+  WKV_CHECK_VALUE(a.C < (int64_t(1) << 31) / kCheckpointSteps, "wkv: C must be < ", (int64_t(1) << 31) / kCheckpointSteps,
                   " for the CUDA kernels, got ", a.C);
   ScanArgs<TIn, S> s;
   s.B = a.B;
@@ -46,7 +46,7 @@ ScanArgs<TIn, S> scan_args(const Launch& a, int64_t sms) {
   s.C = a.C;
   s.chunk = plan_chunk(a.B, a.T, a.C, sms, chunk_setting());
   s.nchunks = (a.T + s.chunk - 1) / s.chunk;
-  s.nckpt = (a.T + kSeg - 1) / kSeg;
+  s.nckpt = (a.T + kCheckpointSteps - 1) / kCheckpointSteps;
   s.w = ptr_or_null<const S>(a.w);
   s.w_is_log = a.w_is_log;
   s.u = ptr_or_null<const S>(a.u);
@@ -83,7 +83,7 @@ void scan_backward(const Launch& a, Exec& ex) {
   Tensor checkpoints = a.checkpoints;
   if (!checkpoints.defined()) {
     Launch f = a;  // a backward launch has no y or state_out: this forward writes checkpoints only
-    f.checkpoints = checkpoints = math_buffer(a, {a.B, (a.T + kSeg - 1) / kSeg, 3, a.C});
+    f.checkpoints = checkpoints = math_buffer(a, {a.B, (a.T + kCheckpointSteps - 1) / kCheckpointSteps, 3, a.C});
     scan_forward(f, ex);
   }
   dispatch_scan_types(a, [&]<class TIn, class S>() {

@@ -1,4 +1,4 @@
-// CPU driver for the WKV recurrence in csrc/wkv.h, generic over a lane policy.
+// CPU driver for the WKV recurrence in csrc/rwkv4/wkv.h, generic over a lane policy.
 //
 // Compiled once per instruction set (wkv_cpu_{scalar,avx2,avx512}.cpp) with raw pointers only:
 // no torch or standard-library templates are instantiated here, so nothing compiled with
@@ -7,12 +7,12 @@
 // translation unit exports a few plain entry functions (wkv_cpu_args.h). An allocation failure
 // is reported by their return value (false), never by a crash.
 //
-// Work split (PERF_NOTES.md, "row sweep"): a work item is one batch row and a contiguous run of
+// Work split (docs/performance.md, "The CPU kernel"): a work item is one batch row and a contiguous run of
 // channels; time is the outer loop, channels the inner one, so the run's state stays in L1
 // and k, v, y stream through memory in order. Threads (OpenMP) take work items.
 //
 // Backward is O(T) with no limit on T: it needs the state at the start of every chunk of
-// kChunk steps (the forward's checkpoints when it saved them, else a first pass computes them);
+// kCheckpointSteps steps (the forward's checkpoints when it saved them, else a first pass computes them);
 // then, from the last chunk to the first, the chunk's states are recomputed into a small
 // (L2-sized) buffer and the reverse recurrence walks it backwards.
 #pragma once
@@ -22,8 +22,8 @@
 #include <cstring>
 #include <type_traits>
 
-#include "../wkv.h"
-#include "half_convert.h"
+#include "common/half_convert.h"
+#include "rwkv4/wkv.h"
 #include "wkv_cpu_args.h"
 
 namespace {
@@ -117,9 +117,9 @@ bool can_stream(const wkv::CpuArgs<S, I>& a, const I* out, int64_t c0) {
     }                                                                  \
   } while (0)
 
-// Checkpoint spacing and backward chunk length (csrc/wkv.h: the CUDA kernels use the same
+// Checkpoint spacing and backward chunk length (rwkv4/wkv.h: the CUDA kernels use the same
 // checkpoints, so either backward can consume the other's forward).
-constexpr int64_t kChunk = wkv::kCheckpointSteps;
+using wkv::kCheckpointSteps;
 
 template <class L, class S, class I>
 void forward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n, S* scratch) {
@@ -133,10 +133,10 @@ void forward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n,
   // lines, and no cache ping-pong where a neighbouring run (another thread) writes the rest of
   // the row.
   const bool stream_y = can_stream<L>(a, a.y, c0);
-  const int64_t nckpt = (a.T + kChunk - 1) / kChunk;
+  const int64_t nckpt = (a.T + kCheckpointSteps - 1) / kCheckpointSteps;
   for (int64_t t = 0; t < a.T; ++t) {
-    if (a.checkpoints && t % kChunk == 0) {
-      store_state(a.checkpoints, a.C, b * nckpt + t / kChunk, c0, n, sa, sb, sp);
+    if (a.checkpoints && t % kCheckpointSteps == 0) {
+      store_state(a.checkpoints, a.C, b * nckpt + t / kCheckpointSteps, c0, n, sa, sb, sp);
     }
     const int64_t off = (b * a.T + t) * a.C + c0;
     const I* kt = a.k + off;
@@ -204,20 +204,20 @@ void advance_run(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n, 
 
 template <class L, class S, class I>
 bool backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n) {
-  const int64_t nchunks = (a.T + kChunk - 1) / kChunk;
+  const int64_t nchunks = (a.T + kCheckpointSteps - 1) / kCheckpointSteps;
   // Checkpoints saved by the forward ((B, nchunks, 3, C): rows C apart), or computed here by a
   // first pass into this item's scratch (rows n apart).
   const bool saved = a.checkpoints != nullptr;
   const int64_t own = saved ? 0 : nchunks * 3 * n;
   // [own checkpoints] | chunk trace | running state (3) | adjoints ga, gb, gcarry, gw, gu (5)
-  S* scratch = scratch_alloc<S>(own + kChunk * kTraceRows * n + 8 * n);
+  S* scratch = scratch_alloc<S>(own + kCheckpointSteps * kTraceRows * n + 8 * n);
   if (scratch == nullptr) return false;
   const int64_t ck_row = saved ? a.C : n;
   auto checkpoint = [&](int64_t ch) -> S* {
     return saved ? a.checkpoints + (b * nchunks + ch) * 3 * a.C + c0 : scratch + ch * 3 * n;
   };
   S* trace = scratch + own;
-  S* sa = trace + kChunk * kTraceRows * n;
+  S* sa = trace + kCheckpointSteps * kTraceRows * n;
   S* sb = sa + n;
   S* sp = sb + n;
   S* ga = sp + n;
@@ -233,9 +233,9 @@ bool backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n
       std::memcpy(ck, sa, n * sizeof(S));
       std::memcpy(ck + n, sb, n * sizeof(S));
       std::memcpy(ck + 2 * n, sp, n * sizeof(S));
-      const int64_t t1 = (ch + 1) * kChunk < a.T ? (ch + 1) * kChunk : a.T;
+      const int64_t t1 = (ch + 1) * kCheckpointSteps < a.T ? (ch + 1) * kCheckpointSteps : a.T;
       if (ch + 1 < nchunks) {
-        advance_run<L>(a, b, c0, n, ch * kChunk, t1, sa, sb, sp, static_cast<S*>(nullptr));
+        advance_run<L>(a, b, c0, n, ch * kCheckpointSteps, t1, sa, sb, sp, static_cast<S*>(nullptr));
       }
     }
   }
@@ -244,8 +244,8 @@ bool backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n
   const S* u = a.u + c0;
   const bool stream_g = can_stream<L>(a, a.gk, c0) && can_stream<L>(a, a.gv, c0);
   for (int64_t ch = nchunks - 1; ch >= 0; --ch) {
-    const int64_t t0 = ch * kChunk;
-    const int64_t t1 = t0 + kChunk < a.T ? t0 + kChunk : a.T;
+    const int64_t t0 = ch * kCheckpointSteps;
+    const int64_t t1 = t0 + kCheckpointSteps < a.T ? t0 + kCheckpointSteps : a.T;
     const S* ck = checkpoint(ch);
     std::memcpy(sa, ck, n * sizeof(S));
     std::memcpy(sb, ck + ck_row, n * sizeof(S));

@@ -1,4 +1,4 @@
-// 16 x float32 lanes with AVX-512F, for the recurrence in csrc/wkv.h.
+// 16 x float32 lanes with AVX-512F, for the recurrence in csrc/rwkv4/wkv.h.
 // Included only by wkv_cpu_avx512.cpp (compiled with -mavx512f -mfma); internal linkage.
 #pragma once
 
