@@ -127,8 +127,11 @@ def bench_shape(n_layer, n_embd, device, prefill, tokens, repeats, use_chatrwkv)
 
 
 def format_table(records):
-    lines = ["| shape | device | impl | prefill tok/s | per-token ms | tokens/s | vs ChatRWKV (prefill / token) | token / floor |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| shape | device | impl | prefill tok/s | per-token ms | tokens/s | vs ChatRWKV (prefill / token) "
+        "| token / floor |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in records:
         for impl in ("ours", "chatrwkv"):
             if f"{impl}_token_ms" not in r:
@@ -140,15 +143,24 @@ def format_table(records):
                 vs = f"{r['chatrwkv_prefill_s'] / r['ours_prefill_s']:.2f}x / {r['chatrwkv_token_ms'] / ms:.2f}x"
             lines.append(f"| {r['shape']} ({r['params_m']:.0f}M) | {r['device']} | {impl} | {pre:,.0f} | {ms:.2f} | "
                          f"{1e3 / ms:.1f} | {vs} | {ms / r['floor_token_ms']:.2f} |")
-        lines.append(f"| {r['shape']} | {r['device']} | floor ({r['weight_mb_per_token']:.0f} MB at "
-                     f"{r['bandwidth_gbs']:.1f} GB/s) | - | {r['floor_token_ms']:.2f} | {1e3 / r['floor_token_ms']:.1f} | - | 1.00 |")
+        lines.append(
+            f"| {r['shape']} | {r['device']} | floor ({r['weight_mb_per_token']:.0f} MB at "
+            f"{r['bandwidth_gbs']:.1f} GB/s) | - | {r['floor_token_ms']:.2f} | "
+            f"{1e3 / r['floor_token_ms']:.1f} | - | 1.00 |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--shapes", default="L12-d768,L6-d512", help="comma-separated L<layers>-d<width> (default: the 169M shape and L6-d512)")
+    p.add_argument(
+        "--shapes",
+        default="L12-d768,L6-d512",
+        help="comma-separated L<layers>-d<width> (default: the 169M shape and L6-d512)",
+    )
     p.add_argument("--prefill", type=int, default=512, help="prompt length for the prefill timing (default 512)")
     p.add_argument("--tokens", type=int, default=32, help="single-token steps timed (median reported)")
     p.add_argument("--repeats", type=int, default=5, help="prefill repeats (median reported)")
@@ -162,7 +174,9 @@ def main(argv=None):
     print(f"# generation benchmark: {where}, fp32, torch {torch.__version__}", file=sys.stderr)
     records = []
     for s in tqdm(args.shapes.split(","), desc="bench_generate", file=sys.stderr):
-        records.append(bench_shape(*parse_shape(s), device, args.prefill, args.tokens, args.repeats, not args.no_chatrwkv))
+        records.append(
+            bench_shape(*parse_shape(s), device, args.prefill, args.tokens, args.repeats, not args.no_chatrwkv)
+        )
     print(format_table(records))
     for r in records:
         if "max_rel_diff_vs_chatrwkv" in r:

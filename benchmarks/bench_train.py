@@ -52,7 +52,11 @@ def worker(a):
     if a.mode == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else MixedPrecisionPolicy()
+        mp = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if cuda
+            else MixedPrecisionPolicy()
+        )
         for block in model.blocks:
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
@@ -66,7 +70,9 @@ def worker(a):
     gen = torch.Generator().manual_seed(0)
 
     def step():
-        x = torch.randint(0, VOCAB, (a.batch, a.ctx + 1), generator=gen)[rank * per_rank:(rank + 1) * per_rank].to(device)
+        x = torch.randint(0, VOCAB, (a.batch, a.ctx + 1), generator=gen)[rank * per_rank : (rank + 1) * per_rank].to(
+            device
+        )
         _, loss = train_model(x[:, :-1], x[:, 1:])
         loss.backward()
         optimizer.step()
@@ -86,9 +92,13 @@ def worker(a):
         x = x.to_local() if hasattr(x, "to_local") else x
         return x.numel() * x.element_size()
 
-    held = {"weights": sum(size(p) for p in model.parameters()),
-            "grads": sum(size(p.grad) for p in model.parameters() if p.grad is not None),
-            "optimizer": sum(size(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0)}
+    held = {
+        "weights": sum(size(p) for p in model.parameters()),
+        "grads": sum(size(p.grad) for p in model.parameters() if p.grad is not None),
+        "optimizer": sum(
+            size(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0
+        ),
+    }
     rec = {"mode": a.mode, "world": world, "params": n_params, "held_bytes": held,
            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
            "tokens_per_s": a.steps * a.batch * a.ctx / elapsed}
@@ -109,7 +119,15 @@ def run_config(a, mode, world):
     if world == 1:
         cmd = [sys.executable, __file__, *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}", __file__, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={world}",
+            __file__,
+            *args,
+        ]
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // world)))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
@@ -149,7 +167,10 @@ def main(argv=None):
     n = records[0]["params"]
     print(f"# RWKV-4 L{a.layers}-d{a.hidden}, vocab {VOCAB}: {n / 1e6:.1f}M parameters; AdamW, float32 weights; "
           f"global batch {a.batch} x {a.ctx} tokens; {a.device}; torch {torch.__version__}")
-    print("| configuration | weights GiB/rank | grads GiB/rank | Adam state GiB/rank | total GiB/rank | peak RSS GiB/rank | tokens/s (all ranks) |")
+    print(
+        "| configuration | weights GiB/rank | grads GiB/rank | Adam state GiB/rank | total GiB/rank "
+        "| peak RSS GiB/rank | tokens/s (all ranks) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in records:
         h = r["held_bytes"]
@@ -170,9 +191,13 @@ def main(argv=None):
         ddp = params * per_param_ddp
         fsdp8 = params * per_param_fsdp / 8 + 2 * block * 4  # + one block gathered (weights and grads) at a time
         fits[name] = {"params": params, "ddp_bytes": ddp, "fsdp8_bytes": fsdp8}
-        print(f"  {name:>5} ({params / 1e9:.2f}B): DDP {ddp / 1e9:6.1f} GB {'fits' if ddp <= budget else 'does not fit'}; "
-              f"FSDP x8 {fsdp8 / 1e9:5.1f} GB {'fits' if fsdp8 <= budget else 'does not fit'}")
-    best = lambda key: max((k for k, v in fits.items() if v[key] <= budget), key=lambda k: fits[k]["params"], default="none")
+        print(
+            f"  {name:>5} ({params / 1e9:.2f}B): DDP {ddp / 1e9:6.1f} GB "
+            f"{'fits' if ddp <= budget else 'does not fit'}; "
+            f"FSDP x8 {fsdp8 / 1e9:5.1f} GB {'fits' if fsdp8 <= budget else 'does not fit'}"
+        )
+    def best(key):
+        return max((k for k, v in fits.items() if v[key] <= budget), key=lambda k: fits[k]["params"], default="none")
     print(f"=> DDP: up to RWKV-4 {best('ddp_bytes')}; FSDP2 over 8 GPUs: up to RWKV-4 {best('fsdp8_bytes')}")
     if a.json:
         with open(a.json, "w") as f:

@@ -34,10 +34,10 @@ import sys
 import time
 
 import torch
+from rwkv_wkv.reference import wkv_naive
 from tqdm import tqdm
 
 import rwkv_wkv
-from rwkv_wkv.reference import wkv_naive
 
 FULL_SHAPES = [(1, 1024, 512), (8, 1024, 512), (4, 4096, 1024), (32, 256, 768), (1, 16384, 512)]
 QUICK_SHAPES = [(1, 1024, 512), (8, 1024, 512)]
@@ -249,7 +249,9 @@ def validate(shape, device, dtype):
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     errs = {"y": (ya.float() - yb.float()).abs().max().item()}
     for name, x, z in zip(["time_decay", "time_first", "k", "v"], a, b):
-        errs[name] = ((x.grad.float() - z.grad.float()).abs().max() / z.grad.float().abs().max().clamp_min(1e-30)).item()
+        errs[name] = (
+            (x.grad.float() - z.grad.float()).abs().max() / z.grad.float().abs().max().clamp_min(1e-30)
+        ).item()
     bad = {kk: vv for kk, vv in errs.items() if not vv <= tol * (1 if kk != "y" else 3)}
     if bad:
         raise SystemExit(f"validation failed at {shape} {dtype}: {bad}")
@@ -257,16 +259,27 @@ def validate(shape, device, dtype):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="dtype of k, v, y (default: fp32)")
     p.add_argument("--quick", action="store_true", help="reduced shape set and repeats (under a minute on CPU)")
     p.add_argument("--shapes", default=None, help="override shapes, e.g. '1x1024x512,8x1024x512'")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median reported)")
-    p.add_argument("--naive-budget", type=float, default=None, help="seconds of naive-loop timing per measurement before stopping repeats")
+    p.add_argument(
+        "--naive-budget",
+        type=float,
+        default=None,
+        help="seconds of naive-loop timing per measurement before stopping repeats",
+    )
     p.add_argument("--skip-naive", action="store_true", help="do not time the naive loop")
-    p.add_argument("--rwkv-lm", default=None, metavar="DIR",
-                   help="(CUDA) also time RWKV-LM's kernel, JIT-built from this RWKV-LM checkout (its root or RWKV-v4neo/cuda)")
+    p.add_argument(
+        "--rwkv-lm",
+        default=None,
+        metavar="DIR",
+        help="(CUDA) also time RWKV-LM's kernel, JIT-built from this RWKV-LM checkout (its root or RWKV-v4neo/cuda)",
+    )
     p.add_argument("--json", default=None, help="write the records to this JSON file")
     p.add_argument("--plot", default=None, help="write a bar chart (log scale) to this PNG file")
     args = p.parse_args(argv)
@@ -284,7 +297,11 @@ def main(argv=None):
     timer = Timer(device)
 
     info = rwkv_wkv.build_info()
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads, kernel isa {info['cpu_isa']})"
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads, kernel isa {info['cpu_isa']})"
+    )
     print(f"# WKV benchmark: {where}, {args.dtype}, torch {torch.__version__}", file=sys.stderr)
 
     records, notes = [], []
@@ -324,7 +341,10 @@ def main(argv=None):
                 rec["fwd_ms"], n1 = timer(fwd, w, repeats, budget)
                 rec["fwdbwd_ms"], n2 = timer(fwdbwd, w, repeats, budget)
                 if impl == "naive" and min(n1, n2) < repeats:
-                    notes.append(f"naive at {shape}: median of {n1} (fwd) / {n2} (fwd+bwd) runs, capped at ~{naive_budget:.0f}s each")
+                    notes.append(
+                        f"naive at {shape}: median of {n1} (fwd) / {n2} (fwd+bwd) runs, "
+                        f"capped at ~{naive_budget:.0f}s each"
+                    )
             records.append(rec)
             bar.update()
     bar.close()
@@ -362,7 +382,11 @@ def format_table(records):
         shape = tuple(r["shape"])
         naive, floor, ref = by.get((shape, "naive")), by.get((shape, "floor")), by.get((shape, "rwkv-lm"))
         sp = f"{naive['fwd_ms'] / r['fwd_ms']:.0f}x / {naive['fwdbwd_ms'] / r['fwdbwd_ms']:.0f}x" if naive else "-"
-        vs = f"{ref['fwd_ms'] / r['fwd_ms']:.2f}x / {ref['fwdbwd_ms'] / r['fwdbwd_ms']:.2f}x" if ref and r["impl"] != "floor" else "-"
+        vs = (
+            f"{ref['fwd_ms'] / r['fwd_ms']:.2f}x / {ref['fwdbwd_ms'] / r['fwdbwd_ms']:.2f}x"
+            if ref and r["impl"] != "floor"
+            else "-"
+        )
         fl = f"{floor_ratio(r, floor, 'fwd_ms')} / {floor_ratio(r, floor, 'fwdbwd_ms')}" if floor else "-"
         if r["impl"] == "floor":
             if "exp_fwd_ms" in r:

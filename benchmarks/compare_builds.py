@@ -97,7 +97,8 @@ def main():
           f"running torch {b['torch']}, {args.rounds} alternating rounds, medians")
     print(f"| shape (B, T, C) | measure | {args.label_other} ms | {args.label_installed} ms | ratio |")
     print("|---|---|---:|---:|---:|")
-    med = lambda who, f: statistics.median(f(r) for r in rounds[who])
+    def med(who, f):
+        return statistics.median(f(r) for r in rounds[who])
     for s in rounds["other"][0]["shapes"]:
         for m in rounds["other"][0]["shapes"][s]:
             x, y = med("other", lambda r: r["shapes"][s][m]), med("installed", lambda r: r["shapes"][s][m])

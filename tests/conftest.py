@@ -11,9 +11,9 @@ import functools
 
 import pytest
 import torch
+from rwkv_wkv.reference import wkv_exact
 
 import rwkv_wkv
-from rwkv_wkv.reference import wkv_exact
 
 
 def _cpu_isas():

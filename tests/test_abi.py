@@ -40,7 +40,9 @@ def undefined_symbols(path):
 def demangle(names):
     if shutil.which("c++filt") is None:
         return names
-    return subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout.splitlines()
+    return subprocess.run(
+        ["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True
+    ).stdout.splitlines()
 
 
 def needed_libraries(path):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import rwkv_wkv
+from conftest import make_inputs
 from rwkv_wkv.reference import wkv_exact
 
-from conftest import make_inputs
+import rwkv_wkv
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 5, 3), (1, 9, 17)], ids=lambda s: "x".join(map(str, s)))

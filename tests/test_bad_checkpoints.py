@@ -100,7 +100,9 @@ def no_weights(tmp_path):
 def index_names_missing_shard(tmp_path):
     d = hf_dir(tmp_path)
     os.remove(d / "model.safetensors")
-    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"emb.weight": "model-00001-of-00002.safetensors"}}))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"emb.weight": "model-00001-of-00002.safetensors"}})
+    )
     return d, d / "model-00001-of-00002.safetensors"
 
 
@@ -195,8 +197,16 @@ CASES = {
     ".pth head of another vocabulary": (pth_wrong_shape, ValueError, r"head.weight is \(300, 16\) in the file"),
     ".pth holding a list": (pth_a_list, ValueError, "expected a state dict or a trainer checkpoint, got list"),
     ".pth of another model": (pth_not_rwkv, ValueError, "not an RWKV-4 state dict"),
-    "trainer config with an unknown key": (trainer_unknown_config_key, ValueError, "its config does not describe an RWKV-4 model"),
-    "trainer config layers != weights": (trainer_layers_disagree, ValueError, "config says 3 layers, but the weights hold 2"),
+    "trainer config with an unknown key": (
+        trainer_unknown_config_key,
+        ValueError,
+        "its config does not describe an RWKV-4 model",
+    ),
+    "trainer config layers != weights": (
+        trainer_layers_disagree,
+        ValueError,
+        "config says 3 layers, but the weights hold 2",
+    ),
 }
 
 

@@ -50,7 +50,9 @@ def legacy_bwd(**over):
     a.update(w=-torch.exp(a["td"]), gy=torch.ones(B, T, C), gw=torch.zeros(B, C), gu=torch.zeros(B, C),
              gk=torch.empty(B, T, C), gv=torch.empty(B, T, C))
     a.update(over)
-    return lambda: torch.ops.wkv.backward(B, T, C, a["w"], a["tf"], a["k"], a["v"], a["gy"], a["gw"], a["gu"], a["gk"], a["gv"])
+    return lambda: torch.ops.wkv.backward(
+        B, T, C, a["w"], a["tf"], a["k"], a["v"], a["gy"], a["gw"], a["gu"], a["gk"], a["gv"]
+    )
 
 
 def noncontig(shape):

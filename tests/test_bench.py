@@ -64,9 +64,16 @@ def test_bench_generate_runs(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "g.json"
-    bench.main(["--shapes", "L1-d16", "--prefill", "8", "--tokens", "3", "--repeats", "1", "--no-chatrwkv", "--json", str(out)])
+    bench.main(
+        ["--shapes", "L1-d16", "--prefill", "8", "--tokens", "3", "--repeats", "1", "--no-chatrwkv", "--json", str(out)]
+    )
     (rec,) = json.loads(out.read_text())
-    assert rec["shape"] == "L1-d16" and rec["ours_token_ms"] > 0 and rec["ours_prefill_s"] > 0 and rec["floor_token_ms"] > 0
+    assert (
+        rec["shape"] == "L1-d16"
+        and rec["ours_token_ms"] > 0
+        and rec["ours_prefill_s"] > 0
+        and rec["floor_token_ms"] > 0
+    )
     assert "| L1-d16" in capsys.readouterr().out
 
 

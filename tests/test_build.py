@@ -17,8 +17,12 @@ def configure(tmp_path, *defines):
     cmake = shutil.which("cmake", path=str(Path(sys.executable).parent)) or shutil.which("cmake")
     if cmake is None:
         pytest.skip("cmake not found")
-    r = subprocess.run([cmake, "-S", str(ROOT), "-B", str(tmp_path / "b"), f"-DPython_EXECUTABLE={sys.executable}", *defines],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [cmake, "-S", str(ROOT), "-B", str(tmp_path / "b"), f"-DPython_EXECUTABLE={sys.executable}", *defines],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return r.returncode, " ".join((r.stdout + r.stderr).split())  # cmake wraps long messages
 
 

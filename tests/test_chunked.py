@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import rwkv_wkv
+from conftest import make_inputs, reset_backend
 from rwkv_wkv.reference import EMPTY_EXPONENT, wkv_exact
 
-from conftest import make_inputs, reset_backend
+import rwkv_wkv
 
 # T around the 32-step segments and 96-step chunks; chunk lengths from one segment to one chunk.
 TS = [1, 31, 32, 33, 64, 95, 96, 97, 200]

@@ -22,9 +22,34 @@ from rwkv_wkv.tokens import load_token_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER = ["-m", "rwkv_wkv.train"]
-TINY = ["--preset", "finetune", "--n-layer", "2", "--n-embd", "32", "--ctx-len", "32", "--lr", "3e-3", "--lr-final", "1e-3",
-        "--warmup-steps", "2", "--max-steps", "6", "--eval-interval", "3", "--ckpt-interval", "3",
-        "--eval-tokens", "2048", "--device", "cpu", "--seed", "3"]
+TINY = [
+    "--preset",
+    "finetune",
+    "--n-layer",
+    "2",
+    "--n-embd",
+    "32",
+    "--ctx-len",
+    "32",
+    "--lr",
+    "3e-3",
+    "--lr-final",
+    "1e-3",
+    "--warmup-steps",
+    "2",
+    "--max-steps",
+    "6",
+    "--eval-interval",
+    "3",
+    "--ckpt-interval",
+    "3",
+    "--eval-tokens",
+    "2048",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+]
 
 
 def run(args, ranks=1, check=True, timeout=300):
@@ -170,7 +195,9 @@ def test_jsonl_and_directory_documents(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("first document " * 10)
     (tmp_path / "docs" / "b.txt").write_text("second document " * 10)
-    (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ("first document " * 10, "second document " * 10)))
+    (tmp_path / "docs.jsonl").write_text(
+        "\n".join(json.dumps({"text": t}) for t in ("first document " * 10, "second document " * 10))
+    )
     a = load_token_corpus(tmp_path / "docs", "bytes", tmp_path / "c1", progress=False)
     b = load_token_corpus(tmp_path / "docs.jsonl", "bytes", tmp_path / "c2", progress=False)
     ta = np.concatenate([a.train.tokens, a.val.tokens, a.test.tokens])

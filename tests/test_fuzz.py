@@ -17,13 +17,12 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import BACKENDS, EMULATED, reset_backend, select_backend  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-import rwkv_wkv  # noqa: E402
 from rwkv_wkv.reference import wkv_exact  # noqa: E402
 
-from conftest import BACKENDS, EMULATED, reset_backend, select_backend  # noqa: E402
+import rwkv_wkv  # noqa: E402
 
 LONG = os.environ.get("RWKV_WKV_FUZZ") == "long"
 N = 4000 if LONG else 60  # per test below; the long profile totals > 10,000 cases

@@ -10,10 +10,10 @@ import time
 
 import pytest
 import torch
+from rwkv_wkv.model import decode_bytes, encode_bytes
 
 from rwkv_wkv import RWKV, RWKVConfig
 from rwkv_wkv.generate import main
-from rwkv_wkv.model import decode_bytes, encode_bytes
 
 
 def _byte_model(tmp_path, vocab=256):
@@ -30,7 +30,9 @@ def _byte_model(tmp_path, vocab=256):
 
 def test_greedy_output_equals_model_generate(tmp_path, capsys):
     model, path = _byte_model(tmp_path)
-    assert main([path, "--prompt", "hello", "--max-new-tokens", "20", "--temperature", "0", "--tokenizer", "bytes"]) == 0
+    assert (
+        main([path, "--prompt", "hello", "--max-new-tokens", "20", "--temperature", "0", "--tokenizer", "bytes"]) == 0
+    )
     out = capsys.readouterr()
     expect = decode_bytes(model.generate(torch.tensor(encode_bytes("hello")), 20, temperature=0).tolist())
     assert out.out == expect + "\n"
@@ -41,9 +43,25 @@ def test_streams_while_generating(tmp_path):
     """Text reaches the pipe while the generator is still running (read incrementally)."""
     _, path = _byte_model(tmp_path)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "rwkv_wkv.generate", path, "--prompt", "ab", "--tokenizer", "bytes",
-                             "--max-new-tokens", "100000", "--seed", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rwkv_wkv.generate",
+            path,
+            "--prompt",
+            "ab",
+            "--tokenizer",
+            "bytes",
+            "--max-new-tokens",
+            "100000",
+            "--seed",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         got = b""
         deadline = time.time() + 120
@@ -125,7 +143,9 @@ def test_streaming_decoder_holds_back_partial_characters():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     text = "héllo wörld ✓ naïve café 日本語 " * 20
-    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        [text], trainers.BpeTrainer(vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
     wrapped = JsonTokenizer.__new__(JsonTokenizer)
     wrapped.tok, wrapped.vocab_size = tok, tok.get_vocab_size()
     ids = wrapped.encode("日本語 ✓ wörld")

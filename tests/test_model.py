@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from rwkv_wkv.model import decode_bytes, encode_bytes
 
 from rwkv_wkv import RWKV, RWKVConfig
-from rwkv_wkv.model import decode_bytes, encode_bytes
 
 
 def tiny(vocab=17, n_layer=3, n_embd=24, seed=0, dtype=torch.float32, perturb=True):
@@ -29,7 +29,9 @@ def expected_keys(n_layer):
         keys |= {b + s for s in ["ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias"]}
         keys |= {b + "att." + s for s in ["time_decay", "time_first", "time_mix_k", "time_mix_v", "time_mix_r",
                                          "key.weight", "value.weight", "receptance.weight", "output.weight"]}
-        keys |= {b + "ffn." + s for s in ["time_mix_k", "time_mix_r", "key.weight", "receptance.weight", "value.weight"]}
+        keys |= {
+            b + "ffn." + s for s in ["time_mix_k", "time_mix_r", "key.weight", "receptance.weight", "value.weight"]
+        }
     return keys
 
 
@@ -89,7 +91,12 @@ def test_state_dict_has_rwkv_lm_v4_keys_and_loads_strict(tmp_path):
     path = tmp_path / "rwkv-lm-v4.pth"
     torch.save(sd, path)
     loaded = RWKV.from_checkpoint(path)
-    assert (loaded.config.vocab_size, loaded.config.n_layer, loaded.config.n_embd, loaded.config.dim_ffn) == (V, 2, C, F_)
+    assert (loaded.config.vocab_size, loaded.config.n_layer, loaded.config.n_embd, loaded.config.dim_ffn) == (
+        V,
+        2,
+        C,
+        F_,
+    )
     for k, v in loaded.state_dict().items():
         torch.testing.assert_close(v, sd[k].float(), msg=k)
     # and what we save is that format again
@@ -113,7 +120,9 @@ def test_init_follows_rwkv4_curves():
     for i, block in enumerate(model.blocks):
         r01, r10 = i / (L - 1), 1 - i / L
         torch.testing.assert_close(block.att.time_decay.data, -5 + 8 * (h / (C - 1)) ** (0.7 + 1.3 * r01))
-        assert block.att.time_decay[0].item() == pytest.approx(-5) and block.att.time_decay[-1].item() == pytest.approx(3)
+        assert block.att.time_decay[0].item() == pytest.approx(-5) and block.att.time_decay[-1].item() == pytest.approx(
+            3
+        )
         zig = torch.tensor([((j + 1) % 3 - 1) * 0.5 for j in range(C)])
         torch.testing.assert_close(block.att.time_first.data, math.log(0.3) + zig)
         x = (h / C).view(1, 1, C)

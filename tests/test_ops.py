@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import rwkv_wkv
+from conftest import exact_cached, make_inputs
 from rwkv_wkv.reference import wkv_exact, wkv_naive
 
-from conftest import exact_cached, make_inputs
+import rwkv_wkv
 
 # Shape families: T=1, T=2, odd C, C=1, B*C not a multiple of 32, long T, the seed's shape,
 # C that is not a multiple of the vector width and spans several vectors.

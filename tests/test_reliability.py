@@ -15,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from rwkv_wkv import RWKV, RWKVConfig
-
-from rwkv_wkv import checkpoint
-from rwkv_wkv.train import train
 from test_train import TINY, TRAINER
+
+from rwkv_wkv import RWKV, RWKVConfig, checkpoint
+from rwkv_wkv.train import train
 
 CKPT_INTERVAL = 4
 MAX_STEPS = 40
@@ -66,7 +64,9 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, corpus):
     # every run in a subprocess with the same thread count, so float sums agree bit for bit
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     ref_out = tmp_path / "ref"
-    r = subprocess.run([sys.executable, str(TRAINER), *args(corpus, ref_out)], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(TRAINER), *args(corpus, ref_out)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "killed"
     rng = random.Random(1234)
@@ -99,11 +99,21 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, corpus):
         saved = ckpt_step(out)  # readable after every kill
         assert reached - saved <= CKPT_INTERVAL, (reached, saved)  # at most one interval repeated
     assert kills >= 3
-    r = subprocess.run([sys.executable, str(TRAINER), *args(corpus, out), "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(TRAINER), *args(corpus, out), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
     def history(o):
-        return [(x["step"], x["train_loss"]) for x in map(json.loads, (o / "log.jsonl").read_text().splitlines()) if "train_loss" in x]
+        return [
+            (x["step"], x["train_loss"])
+            for x in map(json.loads, (o / "log.jsonl").read_text().splitlines())
+            if "train_loss" in x
+        ]
 
     assert history(out) == history(ref_out)  # bit-identical losses, every step once
     assert [s for s, _ in history(out)] == list(range(1, MAX_STEPS + 1))

@@ -9,10 +9,9 @@ gw/gu over the batch.
 from __future__ import annotations
 
 import torch
+from conftest import make_inputs
 
 import rwkv_wkv
-
-from conftest import make_inputs
 
 
 class RWKVLM_WKV(torch.autograd.Function):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_inputs
 
 import rwkv_wkv
-
-from conftest import make_inputs
 
 
 def _inputs(device, dtype=torch.float32, B=2, T=9, C=5, requires_grad=False):

@@ -146,7 +146,19 @@ def test_resume_is_bit_identical(tmp_path, corpus_file):
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path, corpus_file):
-    args = ["--data", str(corpus_file), "--out-dir", str(tmp_path), "--max-steps", "4", "--ckpt-interval", "2", "--eval-interval", "2", *TINY]
+    args = [
+        "--data",
+        str(corpus_file),
+        "--out-dir",
+        str(tmp_path),
+        "--max-steps",
+        "4",
+        "--ckpt-interval",
+        "2",
+        "--eval-interval",
+        "2",
+        *TINY,
+    ]
     train(args)
     shard = next((tmp_path / "ckpt").glob("*.distcp"))
     blob = shard.read_bytes()
@@ -174,7 +186,19 @@ def test_bad_settings_fail_before_training(tmp_path, bad, message):
 
 
 def test_checkpoint_from_other_config_is_refused(tmp_path, corpus_file):
-    args = ["--data", str(corpus_file), "--out-dir", str(tmp_path), "--max-steps", "2", "--ckpt-interval", "2", "--eval-interval", "2", *TINY]
+    args = [
+        "--data",
+        str(corpus_file),
+        "--out-dir",
+        str(tmp_path),
+        "--max-steps",
+        "2",
+        "--ckpt-interval",
+        "2",
+        "--eval-interval",
+        "2",
+        *TINY,
+    ]
     train(args)
     with pytest.raises(UsageError, match="does not match"):
         train(args + ["--n-embd", "48", "--resume"])

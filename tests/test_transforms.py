@@ -15,17 +15,16 @@ from __future__ import annotations
 import functools
 
 import pytest
+import rwkv_wkv.model as model_mod
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.func as tf_
+from conftest import make_inputs, reset_backend, select_backend
+from rwkv_wkv.reference import wkv_exact
+from test_rwkv_lm_compat import RWKVLM_WKV
 
 import rwkv_wkv
-import rwkv_wkv.model as model_mod
 from rwkv_wkv import RWKV, RWKVConfig
-from rwkv_wkv.reference import wkv_exact
-
-from conftest import make_inputs, reset_backend, select_backend
-from test_rwkv_lm_compat import RWKVLM_WKV
 
 B, T, C = 2, 5, 3
 ENTRIES = ["wkv", "wkv_with_state", "WKVFunction", "rwkv_lm", "model"]
@@ -47,7 +46,10 @@ ERRORS = {
     **{("rwkv_lm", t): _LM_FUNCTORCH for t in ("jvp", "jacfwd", "jacrev", "hessian", "vmap", "vmap_grad", "grad_grad")},
     # RWKV-LM's contract passes B, T, C as Python ints: export specialises them (torch raises for
     # a dynamic B or T); with static shapes the exported program is exact.
-    **{("rwkv_lm", t): "exact, static shapes only" for t in ("export", "export_strict", "export_grad", "export_strict_grad")},
+    **{
+        ("rwkv_lm", t): "exact, static shapes only"
+        for t in ("export", "export_strict", "export_grad", "export_strict_grad")
+    },
 }
 EXPECTED = {(e, t): ERRORS.get((e, t), "exact") for e in ENTRIES for t in TRANSFORMS}
 # What each column does (README).
@@ -263,7 +265,10 @@ def _cell(entry, transform):
         if entry == "model":
             stacked = [torch.stack([x, 1.1 * x]) for x in xs]
             got = tf_.vmap(tf_.grad(fs, argnums=argnums))(*stacked)
-            want = [torch.stack(g) for g in zip(*[tf_.grad(refs, argnums=argnums)(*[x[i] for x in stacked]) for i in range(2)])]
+            want = [
+                torch.stack(g)
+                for g in zip(*[tf_.grad(refs, argnums=argnums)(*[x[i] for x in stacked]) for i in range(2)])
+            ]
         else:
             k2 = torch.stack([xs[2], -xs[2]])
             rest = xs[3:]
@@ -447,7 +452,9 @@ def test_conformance(entry, transform):
     if expected == "exact":
         _cell(entry, transform)
     elif expected == "exact, static shapes only":
-        _export_cell(entry, *_entry_fn(entry), strict="strict" in transform, grad=transform.endswith("grad"), static=True)
+        _export_cell(
+            entry, *_entry_fn(entry), strict="strict" in transform, grad=transform.endswith("grad"), static=True
+        )
     else:
         exc, match = expected
         with pytest.raises(exc, match=match):
@@ -484,4 +491,6 @@ def test_readme_table():
     import pathlib
 
     readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert render_table() in readme, "README's conformance table differs from tests/test_transforms.py:\n" + render_table()
+    assert render_table() in readme, (
+        "README's conformance table differs from tests/test_transforms.py:\n" + render_table()
+    )

@@ -15,8 +15,12 @@ checkpoint formats), beside what they share (``_library``: the compiled library;
 import sys as _sys
 
 from ._library import build_info, cpu_isa, cuda_chunk_length, cuda_plan
-from .rwkv4 import checkpoints as _checkpoints, hf as _hf, model as _model, ops as _ops
-from .rwkv4 import reference, transformers_patch as _transformers_patch
+from .rwkv4 import checkpoints as _checkpoints
+from .rwkv4 import hf as _hf
+from .rwkv4 import model as _model
+from .rwkv4 import ops as _ops
+from .rwkv4 import reference
+from .rwkv4 import transformers_patch as _transformers_patch
 from .rwkv4.config import RWKVConfig
 from .rwkv4.model import RWKV
 from .rwkv4.ops import WKVFunction, wkv, wkv_with_state

@@ -27,7 +27,6 @@ import torch.distributed as dist
 
 from .errors import first_line
 
-
 FORMAT = 2
 STATE = "trainer_state.pt"
 

@@ -35,8 +35,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_command(main, argv=None) -> int:
-    """Runs a command's ``main(argv)`` and returns its exit status (main's, if an int, else 0): 2 for a UsageError (printed
-    as ``error: ...``), 130 for Ctrl-C, 1 for a closed pipe (e.g. piped into ``head``)."""
+    """Runs a command's ``main(argv)`` and returns its exit status: main's if it returns an int,
+    else 0; 2 for a UsageError (printed as ``error: ...``), 130 for Ctrl-C, 1 for a closed pipe
+    (e.g. piped into ``head``)."""
     try:
         status = main(argv)
         return status if isinstance(status, int) else 0

@@ -35,7 +35,11 @@ def _main(argv):
     p = ArgumentParser(__doc__, prog="python -m rwkv_wkv.generate")
     p.add_argument("checkpoint", help="Hugging Face RWKV directory, RWKV-LM .pth, or trainer checkpoint")
     p.add_argument("--prompt", required=True, help="the text to continue")
-    p.add_argument("--tokenizer", default=None, help="'bytes' or a tokenizer.json (default: the checkpoint's own, or bytes for vocab 256)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="'bytes' or a tokenizer.json (default: the checkpoint's own, or bytes for vocab 256)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default 200)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")

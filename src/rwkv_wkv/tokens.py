@@ -67,8 +67,10 @@ class TokenCorpus:
     def describe(self) -> str:
         n = len(self.train) + len(self.val) + len(self.test)
         b = sum(s.bytes_of(0, len(s)) for s in (self.train, self.val, self.test))
-        return (f"{self.name}: {n:,} tokens ({b:,} bytes, {b / max(n, 1):.2f} bytes/token, {self.tokenizer}, "
-                f"vocab {self.vocab_size}) = train {len(self.train):,} + val {len(self.val):,} + test {len(self.test):,}")
+        return (
+            f"{self.name}: {n:,} tokens ({b:,} bytes, {b / max(n, 1):.2f} bytes/token, {self.tokenizer}, "
+            f"vocab {self.vocab_size}) = train {len(self.train):,} + val {len(self.val):,} + test {len(self.test):,}"
+        )
 
 
 # ---- documents -------------------------------------------------------------------------------

@@ -55,8 +55,17 @@ from .rwkv4.config import RWKVConfig
 from .rwkv4.model import RWKV
 from .tokenizer import tokenizer_for
 from .tokens import load_data
-from .training import (all_reduce_sum, any_rank, apply_fsdp, cleanup, evaluate, local_bytes, lr_at,
-                       plot_log, setup_distributed)
+from .training import (
+    all_reduce_sum,
+    any_rank,
+    apply_fsdp,
+    cleanup,
+    evaluate,
+    local_bytes,
+    lr_at,
+    plot_log,
+    setup_distributed,
+)
 
 PRESETS = {
     # small enough to finish in a few minutes on 2 CPU cores and visibly learn
@@ -83,8 +92,12 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="base configuration (default: demo, or finetune with --init-from)")
     p.add_argument("--init-from", default=None, metavar="CKPT", help="checkpoint to start from (default: a new model)")
-    p.add_argument("--data", default=None, help="'enwik8', a file, a directory of .txt, a .jsonl; omit for the built-in corpus")
-    p.add_argument("--tokenizer", default=None, help="'bytes' or a tokenizer.json (default: the checkpoint's own, else bytes)")
+    p.add_argument(
+        "--data", default=None, help="'enwik8', a file, a directory of .txt, a .jsonl; omit for the built-in corpus"
+    )
+    p.add_argument(
+        "--tokenizer", default=None, help="'bytes' or a tokenizer.json (default: the checkpoint's own, else bytes)"
+    )
     p.add_argument("--data-dir", default="data", help="where --data enwik8 looks and downloads (default: data/)")
     p.add_argument("--cache-dir", default="data/token_cache", help="where tokenized data is cached")
     p.add_argument("--out-dir", default="out/enwik8", help="checkpoints, logs, plot, sample (default: out/enwik8)")
@@ -109,7 +122,9 @@ def parse_args(argv=None):
                    help="limit the final test to the first N tokens (labelled an estimate)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing per block")
-    p.add_argument("--fsdp", action="store_true", help="shard parameters, gradients and optimizer state (FSDP2; torchrun)")
+    p.add_argument(
+        "--fsdp", action="store_true", help="shard parameters, gradients and optimizer state (FSDP2; torchrun)"
+    )
     p.add_argument("--save-hf", action="store_true", help="also write a Hugging Face directory (out-dir/hf)")
     p.add_argument("--eps", type=float, default=1e-8)
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -151,8 +166,11 @@ def check_args(a):
         (a.sample_len >= 0, f"--sample-len must be >= 0, got {a.sample_len}"),
         (a.grad_clip >= 0, f"--grad-clip must be >= 0, got {a.grad_clip}"),
         (a.weight_decay >= 0, f"--weight-decay must be >= 0, got {a.weight_decay}"),
-        (not a.fsdp or "RANK" in os.environ,
-         "--fsdp shards over processes: run it under torchrun (torchrun --nproc_per_node=N -m rwkv_wkv.train ... --fsdp)"),
+        (
+            not a.fsdp or "RANK" in os.environ,
+            "--fsdp shards over processes: run it under torchrun "
+            "(torchrun --nproc_per_node=N -m rwkv_wkv.train ... --fsdp)",
+        ),
     ]
     for ok, msg in checks:
         if not ok:

@@ -13,7 +13,8 @@ from torch._C._functorch import TransformType as _TransformType
 
 from .. import _library
 from .reference import wkv_naive
-from .state import empty_state, math_dtype as _math_dtype  # noqa: F401 (empty_state: public here too)
+from .state import empty_state  # noqa: F401 (empty_state: public here too)
+from .state import math_dtype as _math_dtype
 
 _library.load()
 
@@ -34,7 +35,12 @@ def _check_fake_inputs(op, w, u, k, v, w_name="time_decay", u_name="time_first",
     _check(op, w.dtype in (torch.float32, torch.float64), f"{w_name} must have dtype float32 or float64, got {w.dtype}")
     _check(op, u.dtype == w.dtype, f"{u_name} must have dtype {w.dtype} ({w_name}), got {u.dtype}")
     for t, name in ((v, "v"), (w, w_name), (u, u_name)):
-        _check(op, t.device == k.device, f"{name} is on {t.device} but k is on {k.device}; all tensors must be on one device", RuntimeError)
+        _check(
+            op,
+            t.device == k.device,
+            f"{name} is on {t.device} but k is on {k.device}; all tensors must be on one device",
+            RuntimeError,
+        )
     for t, name, shape in ((k, "k", (B, T, C)), (v, "v", (B, T, C)), (w, w_name, (C,)), (u, u_name, (C,))):
         _check(op, tuple(t.shape) == tuple(shape), f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
     return B, T, C
