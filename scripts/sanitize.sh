@@ -24,6 +24,6 @@ python - <<'PY'
 import rwkv_wkv
 print("sanitized build:", rwkv_wkv.build_info())
 PY
-python -m pytest -q -p no:cacheprovider --capture=sys tests/test_ops.py tests/test_bad_input.py tests/test_fuzz.py \
-  tests/test_autograd.py tests/test_rwkv_lm_compat.py tests/test_chunked.py "$@"
+python -m pytest -q -p no:cacheprovider --capture=sys tests/rwkv4/test_ops.py tests/rwkv4/test_bad_input.py tests/rwkv4/test_fuzz.py \
+  tests/rwkv4/test_autograd.py tests/rwkv4/test_rwkv_lm_compat.py tests/rwkv4/test_chunked.py "$@"
 echo "sanitizers: clean"

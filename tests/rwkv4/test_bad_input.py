@@ -74,7 +74,7 @@ CASES = {
     "time_first 2-D": (functional(tf=torch.randn(1, C)), "time_first must have shape"),
     "state wrong shape": (functional(state=torch.zeros(B, 2, C)), "state must have shape"),
     "state wrong batch": (functional(state=torch.zeros(B + 1, 3, C)), "state must have shape"),
-    # (empty inputs are valid: tests/test_transforms.py)
+    # (empty inputs are valid: tests/rwkv4/test_transforms.py)
     "empty T, v not empty": (functional(k=torch.randn(B, 0, C)), "v must have shape"),
     # functional backward
     "gy wrong shape": (functional_bwd(gy=torch.ones(B, T, C + 1)), "gy must have shape"),

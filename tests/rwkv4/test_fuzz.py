@@ -1,7 +1,7 @@
 """Property fuzzing of the ops (hypothesis).
 
 Short profile by default (CI); the long profile runs >= 10,000 cases:
-    RWKV_WKV_FUZZ=long python -m pytest -q tests/test_fuzz.py
+    RWKV_WKV_FUZZ=long python -m pytest -q tests/rwkv4/test_fuzz.py
 
 NaN rule (what the math says): y[b, s, c] depends on k[b, t, c] and v[b, t, c] for t <= s, on
 time_first[c] at every s, on time_decay[c] for s >= 1 (and at s = 0 only through a non-empty

@@ -1,7 +1,7 @@
 """The conformance table: every PyTorch transform x every entry point, exact or a named error.
 
 Entry points: ``wkv``, ``wkv_with_state`` (state in and out), ``WKVFunction.apply``, RWKV-LM's
-ops (through RWKV-LM's own ``WKV`` class, tests/test_rwkv_lm_compat.py) and the RWKV model (its
+ops (through RWKV-LM's own ``WKV`` class, tests/rwkv4/test_rwkv_lm_compat.py) and the RWKV model (its
 loss as a function of some of its parameters). Each cell runs float64 on the CPU against an
 independent float64 reference (``reference.wkv_exact``, differentiated by autograd / torch.func;
 for the model, the same model with ``wkv_exact`` in place of the op), and either matches it
@@ -490,7 +490,7 @@ def render_table():
 def test_readme_table():
     import pathlib
 
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert render_table() in readme, (
-        "README's conformance table differs from tests/test_transforms.py:\n" + render_table()
+        "README's conformance table differs from tests/rwkv4/test_transforms.py:\n" + render_table()
     )

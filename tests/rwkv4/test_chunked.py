@@ -251,7 +251,7 @@ def test_gpu_workload_script_runs_on_the_emulation():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_workload.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gpu_workload.py"
     spec = importlib.util.spec_from_file_location("gpu_workload", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
