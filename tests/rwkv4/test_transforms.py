@@ -6,7 +6,7 @@ loss as a function of some of its parameters). Each cell runs float64 on the CPU
 independent float64 reference (``reference.wkv_exact``, differentiated by autograd / torch.func;
 for the model, the same model with ``wkv_exact`` in place of the op), and either matches it
 (``TOL``) or raises the exception the table names. No cell may return something else: that
-would be a silent wrong answer. ``EXPECTED`` is also the README's table
+would be a silent wrong answer. ``EXPECTED`` is also the table of docs/op.md
 (``test_readme_table``), so the two cannot drift apart.
 """
 
@@ -52,7 +52,7 @@ ERRORS = {
     },
 }
 EXPECTED = {(e, t): ERRORS.get((e, t), "exact") for e in ENTRIES for t in TRANSFORMS}
-# What each column does (README).
+# What each column does (docs/op.md).
 COLUMNS = {
     "eager": "forward values",
     "grad": "first-order gradients (`torch.autograd.grad`)",
@@ -474,7 +474,7 @@ def test_conformance_cuda_emulation(entry, transform, backend):
 
 
 def render_table():
-    """The README's conformance table (markdown), from EXPECTED."""
+    """The conformance table of docs/op.md (markdown), from EXPECTED."""
     short = {RuntimeError: "RuntimeError"}
     lines = ["| transform | " + " | ".join(f"`{e}`" for e in ENTRIES) + " |",
              "|---|" + "---|" * len(ENTRIES)]
@@ -487,10 +487,10 @@ def render_table():
     return "\n".join(lines)
 
 
-def test_readme_table():
+def test_docs_table():
     import pathlib
 
-    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "op.md").read_text()
     assert render_table() in readme, (
-        "README's conformance table differs from tests/rwkv4/test_transforms.py:\n" + render_table()
+        "docs/op.md's conformance table differs from tests/rwkv4/test_transforms.py:\n" + render_table()
     )
