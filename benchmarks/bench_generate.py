@@ -21,7 +21,6 @@ Medians over repeats after a warm-up. Ratios are the claims.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -33,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from rwkv_wkv import RWKV, RWKVConfig
+from rwkv_wkv.errors import ArgumentParser, UsageError, run_command
 
 VOCAB = 50277
 
@@ -152,9 +152,7 @@ def format_table(records):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = ArgumentParser(__doc__)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument(
         "--shapes",
@@ -169,7 +167,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda needs a GPU")
+        raise UsageError("--device cuda needs a GPU")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# generation benchmark: {where}, fp32, torch {torch.__version__}", file=sys.stderr)
     records = []
@@ -191,4 +189,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from rwkv_wkv.errors import ArgumentParser, run_command
+
 RWKV4 = {  # the released RWKV-4 Pile models: (n_layer, n_embd)
     "169M": (12, 768), "430M": (24, 1024), "1.5B": (24, 2048), "3B": (32, 2560), "7B": (32, 4096), "14B": (40, 5120),
 }
@@ -144,7 +146,7 @@ def count_params(layers, hidden):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(__doc__)
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--ctx", type=int, default=128, help="tokens per window")
@@ -206,4 +208,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

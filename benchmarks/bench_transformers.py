@@ -12,7 +12,6 @@ T (on CUDA, without internet, too); patched (``rwkv_wkv.patch_transformers()``) 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -22,10 +21,11 @@ import torch
 from tqdm import tqdm
 
 import rwkv_wkv
+from rwkv_wkv.errors import ArgumentParser, run_command
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(__doc__)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--vocab", type=int, default=1024)
@@ -95,4 +95,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -26,7 +26,6 @@ Times are medians over repeats after a warm-up; CUDA is timed with events. Ratio
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -38,6 +37,7 @@ from rwkv_wkv.reference import wkv_naive
 from tqdm import tqdm
 
 import rwkv_wkv
+from rwkv_wkv.errors import ArgumentParser, UsageError, run_command
 
 FULL_SHAPES = [(1, 1024, 512), (8, 1024, 512), (4, 4096, 1024), (32, 256, 768), (1, 16384, 512)]
 QUICK_SHAPES = [(1, 1024, 512), (8, 1024, 512)]
@@ -151,7 +151,7 @@ class RWKVLMKernel:
         from torch.utils.cpp_extension import load
 
         if dtype not in (torch.float32, torch.bfloat16):
-            raise SystemExit("--rwkv-lm: RWKV-LM's kernels take fp32 or bf16 only")
+            raise UsageError("--rwkv-lm: RWKV-LM's kernels take fp32 or bf16 only")
         kind = "bf16" if dtype == torch.bfloat16 else "fp32"
         # a fixed folder: a second run reuses the JIT build (torch rebuilds only if sources change)
         build = os.path.join(tempfile.gettempdir(), f"rwkv_wkv_bench_rwkvlm_{kind}_{t_max}")
@@ -200,7 +200,7 @@ class RWKVLMKernel:
             if os.path.isfile(os.path.join(d, cu_name)):
                 break
         else:
-            raise SystemExit(f"--rwkv-lm: no {cu_name} in {root} (give RWKV-LM's root or its RWKV-v4neo/cuda folder)")
+            raise UsageError(f"--rwkv-lm: no {cu_name} in {root} (give RWKV-LM's root or its RWKV-v4neo/cuda folder)")
         op_path = os.path.join(d, op_name)
         if not os.path.isfile(op_path):  # ../shared/tools/rwkvlm_reference names it ref_op*.cpp
             op_path = os.path.join(d, op_name.replace("wkv_op", "ref_op"))
@@ -259,9 +259,7 @@ def validate(shape, device, dtype):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = ArgumentParser(__doc__)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="dtype of k, v, y (default: fp32)")
     p.add_argument("--quick", action="store_true", help="reduced shape set and repeats (under a minute on CPU)")
@@ -286,7 +284,7 @@ def main(argv=None):
 
     device = torch.device(args.device)
     if device.type == "cuda" and not (torch.cuda.is_available() and rwkv_wkv.build_info()["cuda"]):
-        raise SystemExit("--device cuda needs a GPU and a CUDA build of rwkv_wkv")
+        raise UsageError("--device cuda needs a GPU and a CUDA build of rwkv_wkv")
     dtype = DTYPES[args.dtype]
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     if args.shapes:
@@ -310,7 +308,7 @@ def main(argv=None):
     rwkv_lm = None
     if args.rwkv_lm:
         if not cuda:
-            raise SystemExit("--rwkv-lm needs --device cuda (RWKV-LM's kernel is CUDA only)")
+            raise UsageError("--rwkv-lm needs --device cuda (RWKV-LM's kernel is CUDA only)")
         rwkv_lm = RWKVLMKernel(args.rwkv_lm, dtype, t_max=max(s[1] for s in shapes))
         impls.insert(1, "rwkv-lm")
     bar = tqdm(total=len(shapes) * (len(impls) + 1), desc="bench", file=sys.stderr)
@@ -435,4 +433,4 @@ def plot(records, path, title):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

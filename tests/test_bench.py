@@ -53,9 +53,11 @@ def test_rwkv_lm_sources_found_and_namespace_dropped(tmp_path):
     text = open(op).read()
     assert found == str(cuda)
     assert "TORCH_LIBRARY" not in text and "PYBIND11_MODULE" in text and open(cu).read() == "// kernel\n"
-    with pytest.raises(SystemExit, match="no wkv_cuda_bf16.cu"):
+    from rwkv_wkv.errors import UsageError
+
+    with pytest.raises(UsageError, match="no wkv_cuda_bf16.cu"):
         bench.RWKVLMKernel.sources(str(tmp_path / "RWKV-LM"), "bf16", str(build))
-    with pytest.raises(SystemExit, match="needs --device cuda"):
+    with pytest.raises(UsageError, match="needs --device cuda"):
         bench.main(["--shapes", "1x8x4", "--rwkv-lm", str(tmp_path)])
 
 
