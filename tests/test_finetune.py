@@ -22,34 +22,9 @@ from rwkv_wkv.tokens import load_token_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINER = ["-m", "rwkv_wkv.train"]
-TINY = [
-    "--preset",
-    "finetune",
-    "--n-layer",
-    "2",
-    "--n-embd",
-    "32",
-    "--ctx-len",
-    "32",
-    "--lr",
-    "3e-3",
-    "--lr-final",
-    "1e-3",
-    "--warmup-steps",
-    "2",
-    "--max-steps",
-    "6",
-    "--eval-interval",
-    "3",
-    "--ckpt-interval",
-    "3",
-    "--eval-tokens",
-    "2048",
-    "--device",
-    "cpu",
-    "--seed",
-    "3",
-]
+TINY = ["--preset", "finetune", "--n-layer", "2", "--n-embd", "32", "--ctx-len", "32", "--lr", "3e-3",
+        "--lr-final", "1e-3", "--warmup-steps", "2", "--max-steps", "6", "--eval-interval", "3",
+        "--ckpt-interval", "3", "--eval-tokens", "2048", "--device", "cpu", "--seed", "3"]
 
 
 def run(args, ranks=1, check=True, timeout=300):
@@ -262,7 +237,12 @@ def test_fsdp_without_torchrun(tmp_path, text_file):
 
 def test_empty_data_file(tmp_path):
     (tmp_path / "empty.txt").write_text("")
-    bad(tmp_path, ["--data", str(tmp_path / "empty.txt")], "is empty")
+    bad(tmp_path, ["--data", str(tmp_path / "empty.txt")], "empty.txt is empty")
+
+
+def test_empty_documents(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    bad(tmp_path, ["--data", str(tmp_path / "empty.jsonl")], "the data is empty")
 
 
 def test_missing_data_file(tmp_path):
@@ -281,7 +261,7 @@ def test_unusable_checkpoint(tmp_path, text_file):
 
 def test_bad_data_under_torchrun_stops_every_rank(tmp_path):
     (tmp_path / "empty.txt").write_text("")
-    bad(tmp_path, ["--data", str(tmp_path / "empty.txt"), "--fsdp"], "is empty", ranks=2)
+    bad(tmp_path, ["--data", str(tmp_path / "empty.txt"), "--fsdp"], "empty.txt is empty", ranks=2)
 
 
 def test_data_errors_are_data_errors(tmp_path):

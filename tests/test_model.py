@@ -91,12 +91,8 @@ def test_state_dict_has_rwkv_lm_v4_keys_and_loads_strict(tmp_path):
     path = tmp_path / "rwkv-lm-v4.pth"
     torch.save(sd, path)
     loaded = RWKV.from_checkpoint(path)
-    assert (loaded.config.vocab_size, loaded.config.n_layer, loaded.config.n_embd, loaded.config.dim_ffn) == (
-        V,
-        2,
-        C,
-        F_,
-    )
+    c = loaded.config
+    assert (c.vocab_size, c.n_layer, c.n_embd, c.dim_ffn) == (V, 2, C, F_)
     for k, v in loaded.state_dict().items():
         torch.testing.assert_close(v, sd[k].float(), msg=k)
     # and what we save is that format again
@@ -120,9 +116,8 @@ def test_init_follows_rwkv4_curves():
     for i, block in enumerate(model.blocks):
         r01, r10 = i / (L - 1), 1 - i / L
         torch.testing.assert_close(block.att.time_decay.data, -5 + 8 * (h / (C - 1)) ** (0.7 + 1.3 * r01))
-        assert block.att.time_decay[0].item() == pytest.approx(-5) and block.att.time_decay[-1].item() == pytest.approx(
-            3
-        )
+        assert block.att.time_decay[0].item() == pytest.approx(-5)
+        assert block.att.time_decay[-1].item() == pytest.approx(3)
         zig = torch.tensor([((j + 1) % 3 - 1) * 0.5 for j in range(C)])
         torch.testing.assert_close(block.att.time_first.data, math.log(0.3) + zig)
         x = (h / C).view(1, 1, C)

@@ -27,6 +27,12 @@ TINY = ["--n-layer", "2", "--n-embd", "32", "--ctx-len", "32", "--batch-size", "
         "--sample-len", "16", "--device", "cpu", "--seed", "7"]
 
 
+def short_run(corpus_file, out, steps):
+    """A TINY run of `steps` steps, validating and checkpointing every 2."""
+    return ["--data", str(corpus_file), "--out-dir", str(out), "--max-steps", str(steps), "--ckpt-interval", "2",
+            "--eval-interval", "2", *TINY]
+
+
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory):
     """A small synthetic corpus with structure to learn."""
@@ -146,19 +152,7 @@ def test_resume_is_bit_identical(tmp_path, corpus_file):
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path, corpus_file):
-    args = [
-        "--data",
-        str(corpus_file),
-        "--out-dir",
-        str(tmp_path),
-        "--max-steps",
-        "4",
-        "--ckpt-interval",
-        "2",
-        "--eval-interval",
-        "2",
-        *TINY,
-    ]
+    args = short_run(corpus_file, tmp_path, 4)
     train(args)
     shard = next((tmp_path / "ckpt").glob("*.distcp"))
     blob = shard.read_bytes()
@@ -186,19 +180,7 @@ def test_bad_settings_fail_before_training(tmp_path, bad, message):
 
 
 def test_checkpoint_from_other_config_is_refused(tmp_path, corpus_file):
-    args = [
-        "--data",
-        str(corpus_file),
-        "--out-dir",
-        str(tmp_path),
-        "--max-steps",
-        "2",
-        "--ckpt-interval",
-        "2",
-        "--eval-interval",
-        "2",
-        *TINY,
-    ]
+    args = short_run(corpus_file, tmp_path, 2)
     train(args)
     with pytest.raises(UsageError, match="does not match"):
         train(args + ["--n-embd", "48", "--resume"])
@@ -229,8 +211,7 @@ def test_ddp_two_processes_match_single(tmp_path, corpus_file):
 
 
 def test_trainer_checkpoint_loads_into_model_and_vocab_mismatch_is_refused(tmp_path, corpus_file):
-    args = ["--data", str(corpus_file), "--out-dir", str(tmp_path), "--max-steps", "2", "--ckpt-interval", "2",
-            "--eval-interval", "2", *TINY]
+    args = short_run(corpus_file, tmp_path, 2)
     res = train(args)
     model = RWKV.from_checkpoint(tmp_path / "ckpt")
     for (n, p), q in zip(res["model"].state_dict().items(), model.state_dict().values()):

@@ -15,7 +15,6 @@ checkpoint formats), beside what they share (``_library``: the compiled library;
 import sys as _sys
 
 from ._library import build_info, cpu_isa, cuda_chunk_length, cuda_plan
-from .rwkv4 import checkpoints as _checkpoints
 from .rwkv4 import hf as _hf
 from .rwkv4 import model as _model
 from .rwkv4 import ops as _ops
@@ -33,7 +32,7 @@ for _name, _module in {"model": _model, "ops": _ops, "reference": reference, "hf
                        "transformers_patch": _transformers_patch}.items():
     _sys.modules[f"{__name__}.{_name}"] = _module
     globals()[_name] = _module
-del _name, _module, _checkpoints
+del _name, _module
 
 __all__ = [
     "wkv",

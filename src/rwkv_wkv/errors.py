@@ -15,7 +15,10 @@ import sys
 
 class UsageError(Exception):
     """A user mistake: one line on stderr, exit status 2, nothing written. ``quiet``: exit 2
-    without a line (a rank of a distributed run stopping because another one reported the cause)."""
+    without a line (a rank of a distributed run stopping because another one reported the cause).
+    ``local``: raised by this rank alone (e.g. its data), so it says it even if it is not rank 0."""
+
+    local = False
 
     def __init__(self, message, quiet=False):
         super().__init__(message)

@@ -122,12 +122,12 @@ def get_tokenizer(spec):
     return JsonTokenizer(spec)
 
 
-def tokenizer_for(spec, checkpoint, vocab_size):
-    """The tokenizer for a model of ``vocab_size`` loaded from ``checkpoint`` (a path, or None
-    for a new model). ``spec`` ('bytes', a tokenizer.json, or None) wins; without it, the
-    checkpoint directory's own tokenizer.json, else bytes for a vocabulary of 256 (or a new
-    model). A tokenizer with more tokens than the model, or no tokenizer for a larger
-    vocabulary, is a UsageError."""
+def tokenizer_for(spec, checkpoint, vocab_size=None):
+    """The tokenizer for a model of ``vocab_size`` loaded from ``checkpoint`` (a path), or for a
+    new model (both None: its vocabulary will be the tokenizer's). ``spec`` ('bytes', a
+    tokenizer.json, or None) wins; without it, the checkpoint directory's own tokenizer.json,
+    else bytes for a vocabulary of 256 (or a new model). A tokenizer with more tokens than the
+    model, or no tokenizer for a larger vocabulary, is a UsageError."""
     if spec is None:
         own = None if checkpoint is None else os.path.join(checkpoint, TOKENIZER_JSON)
         if own is not None and os.path.isdir(checkpoint) and os.path.isfile(own):
@@ -138,7 +138,7 @@ def tokenizer_for(spec, checkpoint, vocab_size):
             raise UsageError(f"this model has a vocabulary of {vocab_size}: give its tokenizer with "
                              f"--tokenizer PATH/tokenizer.json (or --tokenizer bytes for a byte-level model)")
     tok = get_tokenizer(spec)
-    if tok.vocab_size > vocab_size:
+    if vocab_size is not None and tok.vocab_size > vocab_size:
         raise UsageError(f"the tokenizer ({tok.name}) has {tok.vocab_size} tokens but the model only {vocab_size}: "
                          f"they do not belong together")
     return tok

@@ -190,7 +190,7 @@ def train(argv=None):
     try:
         return _train(a, rank, world, device)
     except UsageError as e:
-        if rank > 0 and not getattr(e, "local", False):
+        if rank > 0 and not e.local:
             e.quiet = True  # every rank hit the same mistake: rank 0 says it, once
         raise
     finally:
@@ -200,7 +200,7 @@ def train(argv=None):
 def load_model(a):
     """(the model from --init-from on the CPU, or None for a new one; its tokenizer)."""
     if a.init_from is None:
-        return None, tokenizer_for(a.tokenizer, None, 1 << 62)
+        return None, tokenizer_for(a.tokenizer, None)
     try:
         model = RWKV.from_checkpoint(a.init_from, ctx_len=a.ctx_len)
     except (FileNotFoundError, ValueError, ImportError) as e:
@@ -208,7 +208,7 @@ def load_model(a):
     return model, tokenizer_for(a.tokenizer, a.init_from, model.config.vocab_size)
 
 
-def load_corpus(a, tokenizer, rank, world):
+def load_corpus(a, tokenizer, rank, world, device):
     """Rank 0 reads (and tokenizes, once, into the cache) first; the others then read the same
     files. A rank that fails says why; the others stop quietly."""
     corpus, error = None, None
@@ -218,7 +218,7 @@ def load_corpus(a, tokenizer, rank, world):
                 corpus = load_data(a.data, tokenizer, a.data_dir, a.cache_dir, progress=rank == 0)
             except UsageError as e:
                 error = e
-        if any_rank(error is not None, world):
+        if any_rank(error is not None, device, world):
             if error is None:
                 raise UsageError("another rank could not load the data", quiet=True)
             error.local = True
@@ -244,7 +244,7 @@ def _train(a, rank, world, device):
     # ---- everything that can be wrong is checked before anything is written ----
     model, tokenizer = load_model(a)
     resume_path, resume = find_resume(a, out) if a.resume else (None, None)
-    corpus = load_corpus(a, tokenizer, rank, world)
+    corpus = load_corpus(a, tokenizer, rank, world, device)
     torch.manual_seed(a.seed)  # the same initial model on every rank, and in every run
     on_meta = model is None and a.fsdp  # FSDP from scratch: no rank ever holds the whole model
     if model is None:
@@ -295,6 +295,8 @@ def _train(a, rank, world, device):
         torch.set_rng_state(resume["torch_rng"])
         step, records = resume["step"], list(resume["log"])
         say(f"resumed from {resume_path} at step {step}")
+    # DDP: the gradients are all-reduced once, after the last micro-batch
+    no_sync = train_model.no_sync if isinstance(train_model, torch.nn.parallel.DistributedDataParallel) else None
     if a.compile:  # after DDP / FSDP, as torch recommends
         train_model = torch.compile(train_model)
     autocast = contextlib.nullcontext
@@ -341,8 +343,7 @@ def _train(a, rank, world, device):
             last = micro == a.grad_accum - 1
             if a.fsdp:  # reduce-scatter the gradients once, after the last micro-batch
                 model.set_requires_gradient_sync(last)
-            ddp = isinstance(train_model, torch.nn.parallel.DistributedDataParallel)
-            with contextlib.nullcontext() if last or not ddp else train_model.no_sync(), autocast():
+            with contextlib.nullcontext() if last or no_sync is None else no_sync(), autocast():
                 _, loss = train_model(x, y)
                 (loss / a.grad_accum).backward()
             loss_sum += loss.item() / a.grad_accum

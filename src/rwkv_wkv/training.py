@@ -43,13 +43,9 @@ def all_reduce_sum(values, device, world):
     return t.tolist()
 
 
-def any_rank(flag: bool, world: int) -> bool:
-    """Whether ``flag`` is true on any rank (a collective)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([int(flag)], dtype=torch.int32)
-    dist.all_reduce(t)
-    return bool(t.item())
+def any_rank(flag: bool, device, world: int) -> bool:
+    """Whether ``flag`` is true on any rank (a collective; on ``device``, as nccl needs)."""
+    return all_reduce_sum([float(flag)], device, world)[0] > 0
 
 
 def cleanup(world):
