@@ -4,6 +4,7 @@ and tear-down, FSDP2 wrapping, sums over ranks, evaluation in bits per byte, and
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 
@@ -50,6 +51,7 @@ def any_rank(flag: bool, device, world: int) -> bool:
 
 def cleanup(world):
     if world > 1 and dist.is_initialized():
+        gc.collect()  # a DDP wrapper left in a reference cycle would hold the group past its destruction
         # tear down together: a rank that destroys its group while a peer is still working can
         # die at exit in gloo's threads ("terminate called without an active exception")
         dist.barrier()
