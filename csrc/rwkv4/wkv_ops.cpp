@@ -31,83 +31,12 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#include "common/args.h"
 #include "wkv_chunked.h"
 #include "wkv_launch.h"
 
 namespace wkv {
 namespace {
-
-using torch::headeronly::IntHeaderOnlyArrayRef;
-using torch::stable::Device;
-using torch::stable::DeviceType;
-constexpr ScalarType kFloat = ScalarType::Float, kDouble = ScalarType::Double;
-
-bool is_input_dtype(ScalarType t) {
-  return t == kFloat || t == kDouble || t == ScalarType::BFloat16 || t == ScalarType::Half;
-}
-
-// float64 inputs are computed in float64, everything else in float32.
-ScalarType math_dtype(const Tensor& k) { return k.scalar_type() == kDouble ? kDouble : kFloat; }
-
-// Names as Python prints them.
-const char* dtype_name(ScalarType t) {
-  switch (t) {
-    case ScalarType::Float: return "torch.float32";
-    case ScalarType::Double: return "torch.float64";
-    case ScalarType::BFloat16: return "torch.bfloat16";
-    case ScalarType::Half: return "torch.float16";
-    default: return torch::headeronly::toString(t);
-  }
-}
-
-std::string device_name(const Device& d) {
-  std::string name;
-  switch (d.type()) {
-    case DeviceType::CPU: name = "cpu"; break;
-    case DeviceType::CUDA: name = "cuda"; break;
-    case DeviceType::Meta: name = "meta"; break;
-    default: name = message("device type ", static_cast<int>(d.type()));
-  }
-  return d.index() >= 0 && d.type() != DeviceType::CPU ? message(name, ":", d.index()) : name;
-}
-
-bool same_device(const Tensor& a, const Tensor& b) {
-  const Device da = a.device(), db = b.device();
-  return da.type() == db.type() && da.index() == db.index();
-}
-
-void check_defined(const char* op, const Tensor& x, const char* name) {
-  WKV_CHECK_VALUE(x.defined(), op, ": ", name, " must be a tensor, got None");
-}
-
-void check_shape(const char* op, const Tensor& x, const char* name, const char* symbolic,
-                 std::initializer_list<int64_t> expected) {
-  bool ok = x.dim() == static_cast<int64_t>(expected.size());
-  if (ok) {
-    int64_t i = 0;
-    for (auto d : expected) ok = ok && x.size(i++) == d;
-  }
-  WKV_CHECK_VALUE(ok, op, ": ", name, " must have shape ", symbolic, " = ",
-                  IntHeaderOnlyArrayRef(expected), ", got ", x.sizes());
-}
-
-void check_dtype(const char* op, const Tensor& x, const char* name, ScalarType want,
-                 const char* why) {
-  WKV_CHECK_VALUE(x.scalar_type() == want, op, ": ", name, " must have dtype ", dtype_name(want),
-                  " (", why, "), got ", dtype_name(x.scalar_type()));
-}
-
-void check_device(const char* op, const Tensor& x, const char* name, const Tensor& k) {
-  WKV_CHECK(same_device(x, k), op, ": ", name, " is on ", device_name(x.device()),
-            " but k is on ", device_name(k.device()), "; all tensors must be on one device");
-}
-
-void check_contiguous(const char* op, const Tensor& x, const char* name) {
-  WKV_CHECK_VALUE(x.is_contiguous(), op, ": ", name,
-                  " must be contiguous (this op writes through raw pointers; call "
-                  ".contiguous() first), got strides ",
-                  x.strides());
-}
 
 // min = 0 for the ops (an empty batch, sequence or channel set is nothing to do), 1 for plans.
 void check_sizes(const char* op, int64_t B, int64_t T, int64_t C, int64_t min = 0) {
@@ -153,12 +82,6 @@ void check_state(const char* op, const std::optional<Tensor>& s, const char* nam
               math == kDouble ? "the math dtype for float64 k" : "the math dtype, float32");
   check_device(op, *s, name, k);
   check_shape(op, *s, name, "(B, 3, C)", {B, 3, C});
-}
-
-// x in `dtype` and contiguous; x itself (no dispatcher call) when it already is.
-Tensor as_contiguous(const Tensor& x, ScalarType dtype) {
-  const Tensor t = x.scalar_type() == dtype ? x : torch::stable::to(x, dtype);
-  return t.is_contiguous() ? t : torch::stable::contiguous(t);
 }
 
 void launch_forward(const Launch& a) {
