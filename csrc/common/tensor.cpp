@@ -1,6 +1,9 @@
 #include "tensor.h"
 
+#include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/tensor.h>
+
+#include <array>
 
 #include "check.h"
 
@@ -24,6 +27,12 @@ Tensor new_tensor(IntHeaderOnlyArrayRef sizes, ScalarType dtype, const Tensor& l
                                                          device_type, like.get_device_index(),
                                                          &handle));
   return Tensor(handle);
+}
+
+Tensor unary_op(const char* name, const Tensor& x) {
+  std::array<StableIValue, 1> stack{torch::stable::detail::from(x)};
+  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher(name, "", stack.data(), TORCH_ABI_VERSION));
+  return torch::stable::detail::to<Tensor>(stack[0]);
 }
 
 }  // namespace wkv

@@ -25,6 +25,12 @@ inline F32x8 operator*(F32x8 a, F32x8 b) { return _mm256_mul_ps(a.r, b.r); }
 inline F32x8 operator/(F32x8 a, F32x8 b) { return _mm256_div_ps(a.r, b.r); }
 inline F32x8 operator-(F32x8 a) { return _mm256_xor_ps(a.r, _mm256_set1_ps(-0.0f)); }
 inline Mask8 operator>=(F32x8 a, F32x8 b) { return {_mm256_cmp_ps(a.r, b.r, _CMP_GE_OQ)}; }
+inline F32x8 wkv_fma(F32x8 a, F32x8 b, F32x8 c) { return _mm256_fmadd_ps(a.r, b.r, c.r); }
+inline float wkv_hsum(F32x8 a) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.r), _mm256_extractf128_ps(a.r, 1));
+  const __m128 h = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
 inline F32x8 wkv_abs(F32x8 a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.r); }
 inline F32x8 wkv_select(Mask8 m, F32x8 a, F32x8 b) { return _mm256_blendv_ps(b.r, a.r, m.m); }
 

@@ -28,6 +28,8 @@ inline F32x16 operator-(F32x16 a) {
                                               _mm512_set1_epi32(int(0x80000000u))));
 }
 inline Mask16 operator>=(F32x16 a, F32x16 b) { return {_mm512_cmp_ps_mask(a.r, b.r, _CMP_GE_OQ)}; }
+inline F32x16 wkv_fma(F32x16 a, F32x16 b, F32x16 c) { return _mm512_fmadd_ps(a.r, b.r, c.r); }
+inline float wkv_hsum(F32x16 a) { return _mm512_reduce_add_ps(a.r); }
 inline F32x16 wkv_abs(F32x16 a) { return _mm512_abs_ps(a.r); }
 inline F32x16 wkv_select(Mask16 m, F32x16 a, F32x16 b) { return _mm512_mask_blend_ps(m.m, b.r, a.r); }
 

@@ -61,20 +61,13 @@ bool run_backward(const CpuArgs<double>& c) { return backward_cpu_scalar(c); }
 constexpr const char* kOutOfMemory =
     "wkv: the CPU kernel could not allocate its scratch memory (out of memory)";
 
-// An elementwise aten op through the stable dispatcher (bit-identical to torch.<name> in Python).
-Tensor call_unary(const char* name, const Tensor& x) {
-  std::array<StableIValue, 1> stack{torch::stable::detail::from(x)};
-  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher(name, "", stack.data(), TORCH_ABI_VERSION));
-  return torch::stable::detail::to<Tensor>(stack[0]);
-}
-
 // The decay w = -exp(time_decay) when the launch carries time_decay: torch's own exp, so the
 // functional ops and RWKV-LM's (w formed in Python) give the same bits; the negation (exact)
 // in place, which saves a dispatcher call.
 template <class S>
 Tensor decay(const Launch& a) {
   if (!a.w_is_log) return a.w;
-  Tensor w = call_unary("aten::exp", a.w);
+  Tensor w = unary_op("aten::exp", a.w);
   S* p = static_cast<S*>(w.data_ptr());
   for (int64_t c = 0; c < a.C; ++c) p[c] = -p[c];
   return w;

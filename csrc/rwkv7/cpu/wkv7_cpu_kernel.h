@@ -1,0 +1,317 @@
+// The RWKV-7 CPU kernels, forward and backward, generic over a lane policy L (vec_avx512.h,
+// vec_avx2.h, or the scalar lane below) and compiled once per instruction set
+// (wkv7_cpu_{scalar,avx2,avx512}.cpp) with raw pointers only, everything with internal linkage
+// (as csrc/rwkv4/cpu/wkv_cpu_kernel.h: no AVX-512 code can leak to a machine without it).
+//
+// The math is rwkv7/wkv7.h's. Work split: a work item is one (batch row, head); OpenMP threads
+// take items. An item's state (N rows of N) lives in a 64-byte aligned scratch row-major, each
+// row padded to a whole number of vectors with zero columns (which stay zero: their d, a, b, k
+// are zero), so any N runs at full vector width. A step is one sweep over the state's rows:
+// row i's vectors give sa_i and y_i (two horizontal sums) and are updated in place, all in L1.
+//
+// The backward is O(T) with no limit on T: it needs the state before every kCheckpointSteps-th
+// step (the forward's checkpoints, or a forward pass writes them first: wkv7_cpu.cpp); from the
+// last chunk to the first it recomputes the chunk's states S_{t-1} and sa_t into an L2-sized
+// scratch and walks them backwards, one sweep over the rows per step.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "common/half_convert.h"
+#include "wkv7_cpu_args.h"
+
+namespace {
+
+using wkv::v7::kCheckpointSteps;
+
+// The scalar lane (float64, and the whole kernel in the scalar build).
+template <class S>
+struct Scalar7Lane {
+  using V = S;
+  static constexpr int64_t W = 1;
+  static V load(const S* p) { return *p; }
+  static void store(S* p, V x) { *p = x; }
+  static V load(const Bf16* p) { return bf16_to_float(p->bits); }
+  static V load(const Half16* p) { return half_to_float(p->bits); }
+};
+inline float wkv_fma(float a, float b, float c) { return a * b + c; }
+inline double wkv_fma(double a, double b, double c) { return a * b + c; }
+inline float wkv_hsum(float a) { return a; }
+inline double wkv_hsum(double a) { return a; }
+
+// One element of a sequence in the math type, and back.
+template <class S>
+S to_math(S x) { return x; }
+inline float to_math(Bf16 x) { return bf16_to_float(x.bits); }
+inline float to_math(Half16 x) { return half_to_float(x.bits); }
+template <class S>
+void from_math(S* p, S x) { *p = x; }
+inline void from_math(Bf16* p, float x) { p->bits = float_to_bf16(x); }
+inline void from_math(Half16* p, float x) { p->bits = float_to_half(x); }
+
+template <class S>
+S* scratch_alloc(int64_t n) {
+  const size_t bytes = ((size_t(n) * sizeof(S) + 63) / 64) * 64;
+  return static_cast<S*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes));
+}
+
+inline int64_t padded(int64_t n, int64_t w) { return (n + w - 1) / w * w; }
+
+// N elements of a step (contiguous) into a padded math-type vector (zeros after N).
+template <class L, class S, class I>
+void load_vec(const I* src, int64_t N, int64_t Np, S* dst) {
+  int64_t j = 0;
+  if constexpr (L::W > 1) {
+    for (; j + L::W <= N; j += L::W) L::store(dst + j, L::load(src + j));
+  }
+  for (; j < N; ++j) dst[j] = to_math(src[j]);
+  for (; j < Np; ++j) dst[j] = S(0);
+}
+
+template <class S, class I>
+struct Item {
+  int64_t b, h;
+  int64_t seq(const wkv::v7::CpuArgs<S, I>& a, int64_t t) const {  // (b, t, h, 0)
+    return ((b * a.T + t) * a.H + h) * a.N;
+  }
+};
+
+// Copies an (N, N) state in and out of the padded (N, Np) layout.
+template <class S>
+void load_state(const S* src, int64_t N, int64_t Np, S* st) {
+  for (int64_t i = 0; i < N; ++i) {
+    S* row = st + i * Np;
+    if (src) {
+      std::memcpy(row, src + i * N, N * sizeof(S));
+    } else {
+      std::memset(row, 0, N * sizeof(S));
+    }
+    for (int64_t j = N; j < Np; ++j) row[j] = S(0);
+  }
+}
+template <class S>
+void store_state(const S* st, int64_t N, int64_t Np, S* dst) {
+  for (int64_t i = 0; i < N; ++i) std::memcpy(dst + i * N, st + i * Np, N * sizeof(S));
+}
+
+// The step vectors of one t, padded: r, d, k, a, b (and e, and d * r for the forward's y).
+template <class S>
+struct StepVecs {
+  S *r, *d, *k, *a, *b, *e, *dr;
+  static int64_t size(int64_t Np) { return 7 * Np; }
+  StepVecs(S* p, int64_t Np)
+      : r(p), d(p + Np), k(p + 2 * Np), a(p + 3 * Np), b(p + 4 * Np), e(p + 5 * Np), dr(p + 6 * Np) {}
+};
+
+template <class L, class S, class I>
+void load_step(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, StepVecs<S>& s, bool with_e) {
+  const int64_t N = a.N;
+  load_vec<L>(a.r + off, N, Np, s.r);
+  load_vec<L>(a.d + off, N, Np, s.d);
+  load_vec<L>(a.k + off, N, Np, s.k);
+  load_vec<L>(a.a + off, N, Np, s.a);
+  load_vec<L>(a.b + off, N, Np, s.b);
+  if (with_e) load_vec<L>(a.e + off, N, Np, s.e);
+}
+
+// One step over the rows of the state: from src into dst (which may be src), sa_t into sa_out
+// (if given), y_t into y (if given).
+template <class L, class S, class I>
+void forward_step(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, const StepVecs<S>& s,
+                  const S* src, S* dst, S* sa_out, I* y) {
+  using V = typename L::V;
+  const int64_t N = a.N;
+  S kr = 0, br = 0;
+  if (y) {
+    V akr(S(0)), abr(S(0));
+    for (int64_t j = 0; j < Np; j += L::W) {
+      const V r = L::load(s.r + j);
+      L::store(s.dr + j, L::load(s.d + j) * r);
+      akr = wkv_fma(L::load(s.k + j), r, akr);
+      abr = wkv_fma(L::load(s.b + j), r, abr);
+    }
+    kr = wkv_hsum(akr);
+    br = wkv_hsum(abr);
+  }
+  for (int64_t i = 0; i < N; ++i) {
+    const S* row = src + i * Np;
+    S* out = dst + i * Np;
+    V asa(S(0)), ap(S(0));
+    for (int64_t j = 0; j < Np; j += L::W) {
+      const V p = L::load(row + j);
+      asa = wkv_fma(p, L::load(s.a + j), asa);
+      if (y) ap = wkv_fma(p, L::load(s.dr + j), ap);
+    }
+    const S sa = wkv_hsum(asa);
+    const S vi = to_math(a.v[off + i]);
+    const V vsa(sa), vv(vi);
+    for (int64_t j = 0; j < Np; j += L::W) {
+      const V p = L::load(row + j);
+      L::store(out + j, wkv_fma(vv, L::load(s.k + j), wkv_fma(vsa, L::load(s.b + j), p * L::load(s.d + j))));
+    }
+    if (sa_out) sa_out[i] = sa;
+    if (y) from_math(y + off + i, wkv_hsum(ap) + sa * br + vi * kr);
+  }
+}
+
+// The forward of one item: y (if a.y), the final state (if a.state_out), the checkpoints (if
+// a.checkpoints). scratch: N * Np + StepVecs::size(Np).
+template <class L, class S, class I>
+void forward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item, S* scratch) {
+  const int64_t N = a.N, NN = N * N, Np = padded(N, L::W);
+  const Item<S, I> it{item / a.H, item % a.H};
+  S* st = scratch;
+  StepVecs<S> s(scratch + N * Np, Np);
+  load_state(a.state_in ? a.state_in + item * NN : nullptr, N, Np, st);
+  const int64_t nckpt = wkv::v7::num_checkpoints(a.T);
+  for (int64_t t = 0; t < a.T; ++t) {
+    if (a.checkpoints && t % kCheckpointSteps == 0) {
+      store_state(st, N, Np, a.checkpoints + (item * nckpt + t / kCheckpointSteps) * NN);
+    }
+    const int64_t off = it.seq(a, t);
+    load_step<L>(a, off, Np, s, false);
+    forward_step<L>(a, off, Np, s, st, st, static_cast<S*>(nullptr), a.y);
+  }
+  if (a.state_out) store_state(st, N, Np, a.state_out + item * NN);
+}
+
+// The backward of one item (checkpoints required). Returns false if out of memory.
+template <class L, class S, class I>
+bool backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item) {
+  using V = typename L::V;
+  const int64_t N = a.N, NN = N * N, Np = padded(N, L::W), K = kCheckpointSteps;
+  const int64_t chunk = a.T < K ? a.T : K;
+  // H (N x Np), the chunk's states (chunk x N x Np) and sa (chunk x N), step vectors, the five
+  // column accumulators (5 Np), and the per-row scalars gy, v (2 N).
+  const int64_t n_states = chunk * N * Np;
+  S* scratch = scratch_alloc<S>(N * Np + n_states + chunk * N + StepVecs<S>::size(Np) + 5 * Np + 2 * N);
+  if (!scratch) return false;
+  S* hs = scratch;
+  S* states = hs + N * Np;
+  S* sas = states + n_states;
+  StepVecs<S> s(sas + chunk * N, Np);
+  S* acc = sas + chunk * N + StepVecs<S>::size(Np);
+  S *q = acc, *gk = acc + Np, *gb = acc + 2 * Np, *gd = acc + 3 * Np, *ga = acc + 4 * Np;
+  S* gys = acc + 5 * Np;
+  S* vs = gys + N;
+  const Item<S, I> it{item / a.H, item % a.H};
+  const int64_t nckpt = wkv::v7::num_checkpoints(a.T);
+  load_state(a.gstate_out ? a.gstate_out + item * NN : nullptr, N, Np, hs);
+
+  for (int64_t c = nckpt - 1; c >= 0; --c) {
+    const int64_t t0 = c * K, t1 = t0 + K < a.T ? t0 + K : a.T;
+    // Recompute S_{t-1} (into states[t - t0]) and sa_t for the chunk.
+    load_state(a.checkpoints + (item * nckpt + c) * NN, N, Np, states);
+    for (int64_t t = t0; t < t1; ++t) {
+      S* cur = states + (t - t0) * N * Np;
+      const int64_t off = it.seq(a, t);
+      load_step<L>(a, off, Np, s, false);
+      if (t + 1 < t1) {
+        forward_step<L>(a, off, Np, s, cur, cur + N * Np, sas + (t - t0) * N, static_cast<I*>(nullptr));
+      } else {  // the last step's sa only
+        for (int64_t i = 0; i < N; ++i) {
+          const S* row = cur + i * Np;
+          V asa(S(0));
+          for (int64_t j = 0; j < Np; j += L::W) asa = wkv_fma(L::load(row + j), L::load(s.a + j), asa);
+          sas[(t - t0) * N + i] = wkv_hsum(asa);
+        }
+      }
+    }
+    // Walk the chunk backwards.
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      const S* prev = states + (t - t0) * N * Np;
+      const S* sa = sas + (t - t0) * N;
+      const int64_t off = it.seq(a, t);
+      load_step<L>(a, off, Np, s, true);
+      S sa_gy = 0, v_gy = 0;
+      for (int64_t i = 0; i < N; ++i) {
+        gys[i] = to_math(a.gy[off + i]);
+        vs[i] = to_math(a.v[off + i]);
+        sa_gy += sa[i] * gys[i];
+        v_gy += vs[i] * gys[i];
+      }
+      for (int64_t j = 0; j < 5 * Np; ++j) acc[j] = S(0);
+      for (int64_t i = 0; i < N; ++i) {
+        S* hrow = hs + i * Np;
+        const S* prow = prev + i * Np;
+        const V vgy(gys[i]), vv(vs[i]), vsa(sa[i]);
+        V agv(S(0)), agsa(S(0));
+        for (int64_t j = 0; j < Np; j += L::W) {
+          const V g = wkv_fma(vgy, L::load(s.r + j), L::load(hrow + j));
+          L::store(hrow + j, g);
+          agv = wkv_fma(g, L::load(s.k + j), agv);
+          agsa = wkv_fma(g, L::load(s.b + j), agsa);
+        }
+        const S gsa = wkv_hsum(agsa);
+        from_math(a.gv + off + i, wkv_hsum(agv));
+        const V vgsa(gsa);
+        for (int64_t j = 0; j < Np; j += L::W) {
+          const V g = L::load(hrow + j), p = L::load(prow + j);
+          L::store(q + j, wkv_fma(p, vgy, L::load(q + j)));
+          L::store(gk + j, wkv_fma(g, vv, L::load(gk + j)));
+          L::store(gb + j, wkv_fma(g, vsa, L::load(gb + j)));
+          L::store(gd + j, wkv_fma(g, p, L::load(gd + j)));
+          L::store(ga + j, wkv_fma(p, vgsa, L::load(ga + j)));
+          L::store(hrow + j, wkv_fma(vgsa, L::load(s.a + j), g * L::load(s.d + j)));
+        }
+      }
+      for (int64_t j = 0; j < N; ++j) {
+        from_math(a.gr + off + j, s.d[j] * q[j] + s.b[j] * sa_gy + s.k[j] * v_gy);
+        from_math(a.gk + off + j, gk[j]);
+        from_math(a.gb + off + j, gb[j]);
+        from_math(a.ga + off + j, ga[j]);
+        from_math(a.gw + off + j, -(gd[j] * s.d[j] * s.e[j]));
+      }
+    }
+  }
+  if (a.gstate_in) store_state(hs, N, Np, a.gstate_in + item * NN);
+  std::free(scratch);
+  return true;
+}
+
+// Runs item_fn(item, scratch) for every (batch row, head) on the OpenMP threads, with
+// `scratch_size` elements of scratch per thread. Returns false if an allocation failed.
+template <class S, class I, class ItemFn>
+bool for_each_item(const wkv::v7::CpuArgs<S, I>& a, int64_t scratch_size, ItemFn item_fn) {
+  const int64_t items = a.B * a.H;
+  int failed = 0;
+#pragma omp parallel num_threads(a.nthreads) if (a.nthreads > 1 && items > 1)
+  {
+    S* scratch = scratch_size > 0 ? scratch_alloc<S>(scratch_size) : nullptr;
+    const bool have_scratch = scratch_size == 0 || scratch != nullptr;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < items; ++i) {
+      if (!have_scratch || !item_fn(i, scratch)) {
+#pragma omp atomic write
+        failed = 1;
+      }
+    }
+    std::free(scratch);
+  }
+  return failed == 0;
+}
+
+template <class L, class S, class I>
+bool forward_all(const wkv::v7::CpuArgs<S, I>& a) {
+  const int64_t Np = padded(a.N, L::W);
+  return for_each_item(a, a.N * Np + StepVecs<S>::size(Np), [&](int64_t item, S* scratch) {
+    forward_item<L>(a, item, scratch);
+    return true;
+  });
+}
+
+template <class L, class S, class I>
+bool backward_all(const wkv::v7::CpuArgs<S, I>& a) {
+  return for_each_item(a, 0, [&](int64_t item, S*) { return backward_item<L>(a, item); });
+}
+
+}  // namespace
+
+// Defines the exported entry pair of one translation unit (declared in wkv7_cpu_args.h).
+#define WKV7_DEFINE_CPU_KERNELS(ISA, LANE, S, I)                                          \
+  namespace wkv::v7 {                                                                     \
+  bool forward_cpu_##ISA(const CpuArgs<S, I>& a) { return forward_all<LANE>(a); }         \
+  bool backward_cpu_##ISA(const CpuArgs<S, I>& a) { return backward_all<LANE>(a); }       \
+  }
