@@ -41,7 +41,7 @@ namespace wkv::v7 {
 // inputs' elements (a third for N = 64).
 constexpr int64_t kCheckpointSteps = 32;
 
-inline int64_t num_checkpoints(int64_t T) { return (T + kCheckpointSteps - 1) / kCheckpointSteps; }
+WKV7_HD int64_t num_checkpoints(int64_t T) { return (T + kCheckpointSteps - 1) / kCheckpointSteps; }
 
 // The kernels' arguments, one field list for every backend: Seq* the (B, T, H, N) sequences in
 // the input dtype, Math* the math dtype. d is the decay exp(-exp(w)); e = exp(w) (backward only).

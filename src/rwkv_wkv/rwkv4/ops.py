@@ -8,10 +8,17 @@ fake (meta) kernels, so torch.compile / export can trace them, and an autograd f
 from __future__ import annotations
 
 import torch
-import torch.autograd.forward_ad as _fwAD
-from torch._C._functorch import TransformType as _TransformType
 
 from .. import _library
+from .._transforms import autodiff_requested as _autodiff_requested
+from .._transforms import (
+    autodiff_vjp,
+    differentiable_backward,
+    forward_mode_requested,  # noqa: F401 (the model's L2Wrap asks)
+    has_tangent,
+)
+from .._transforms import check as _check
+from .._transforms import needs_grad as _needs_grad
 from .reference import wkv_naive
 from .state import empty_state  # noqa: F401 (empty_state: public here too)
 from .state import math_dtype as _math_dtype
@@ -19,11 +26,6 @@ from .state import math_dtype as _math_dtype
 _library.load()
 
 _INPUT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _check(op, cond, msg, exc=ValueError):
-    if not cond:
-        raise exc(f"{op}: {msg}")
 
 
 def _check_fake_inputs(op, w, u, k, v, w_name="time_decay", u_name="time_first", sizes=None):
@@ -115,7 +117,7 @@ def _legacy_autograd_kernel(name):
         # runs with grad mode off otherwise): its gradient would be a constant to autograd
         in_graph_backward = torch.is_grad_enabled() and torch._C._current_autograd_node() is not None
         if not torch.compiler.is_compiling() and (  # (compile/export: RWKV-LM's Function's own)
-            in_graph_backward or _has_tangent(tensors)
+            in_graph_backward or has_tangent(tensors)
         ):
             raise RuntimeError(
                 f"wkv.{name} (RWKV-LM's contract) is not differentiable: it writes into "
@@ -133,13 +135,6 @@ for _name in ("forward", "backward"):
     _legacy_lib.impl(_name, _legacy_autograd_kernel(_name), "Autograd", with_keyset=True)
 
 
-def _has_tangent(tensors):
-    """Whether forward-mode AD (torch.autograd.forward_ad) carries a tangent on any of these."""
-    if _fwAD._current_level < 0 or not torch._C._is_fwd_grad_enabled():
-        return False
-    return any(t is not None and _fwAD.unpack_dual(t).tangent is not None for t in tensors)
-
-
 def _setup_context(ctx, inputs, output):
     time_decay, time_first, k, v, state, _ = inputs
     checkpoints = output[2]
@@ -150,9 +145,16 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, gy, gstate_out, _gcheckpoints):
     time_decay, time_first, k, v, state, checkpoints = ctx.saved_tensors
-    if _differentiable_backward(time_decay, time_first, k, v, state, gy, gstate_out):
-        # create_graph=True: the gradient must itself be differentiable (double backward).
-        return (*_autodiff_vjp(ctx.needs_input_grad, time_decay, time_first, k, v, state, gy, gstate_out), None)
+    if differentiable_backward(time_decay, time_first, k, v, state, gy, gstate_out):
+        # create_graph=True: the gradient must itself be differentiable (double backward), so it
+        # runs through wkv_naive (src/rwkv_wkv/_transforms.py)
+        grads = autodiff_vjp(
+            lambda *p: wkv_naive(*p, return_state=True),
+            (time_decay, time_first, k, v, state),
+            ctx.needs_input_grad,
+            (gy, gstate_out),
+        )
+        return (*grads, None)
     if gy is None:
         gy = torch.zeros_like(k)
     g_td, g_tf, gk, gv, gstate = torch.ops.wkv.wkv_backward(
@@ -162,85 +164,6 @@ def _backward(ctx, gy, gstate_out, _gcheckpoints):
 
 
 torch.library.register_autograd("wkv::wkv_forward", _backward, setup_context=_setup_context)
-
-
-# ---- derivatives beyond first order -------------------------------------------------------------
-# The kernels give the forward and an exact first-order backward. Every other derivative — a
-# backward under create_graph=True (double backward, gradient penalties, Hessian-vector
-# products), forward-mode AD (dual tensors, torch.func.jvp / jacfwd), torch.func's grad / vjp /
-# jacrev / hessian and their compositions — runs through reference.wkv_naive, the same
-# recurrence in plain torch ops, chosen only when such a derivative is requested: training and
-# inference never pay for its Python loop over T (a few hundred times slower than the kernel).
-
-
-def _differentiable_backward(*tensors):
-    """Whether a backward must build a graph of its own: grad mode is on inside a backward only
-    under ``create_graph=True``; then the kernel's gradient (a constant to autograd) would make
-    every second-order derivative silently zero."""
-    return (
-        torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and any(t is not None and t.requires_grad for t in tensors)
-    )
-
-
-def _autodiff_vjp(needs_input_grad, time_decay, time_first, k, v, state, gy, gstate_out):
-    """The gradients of (time_decay, time_first, k, v, state) through ``wkv_naive``, with a
-    graph (so they can be differentiated again)."""
-    primals = (time_decay, time_first, k, v, state)
-    wanted = [i for i, p in enumerate(primals) if p is not None and needs_input_grad[i] and p.requires_grad]
-    grads = [None] * len(primals)
-    if not wanted:
-        return grads
-    with torch.enable_grad():
-        y, new_state = wkv_naive(time_decay, time_first, k, v, state, return_state=True)
-        outs, gouts = [y], [torch.zeros_like(y) if gy is None else gy]
-        if gstate_out is not None:
-            outs.append(new_state)
-            gouts.append(gstate_out)
-        got = torch.autograd.grad(outs, [primals[i] for i in wanted], gouts, create_graph=True, allow_unused=True)
-    for i, g in zip(wanted, got):
-        grads[i] = torch.zeros_like(primals[i]) if g is None else g
-    return grads
-
-
-def _transform_active(kinds, tensors):
-    """Whether one of functorch's transforms of these ``kinds`` is on its stack (any level), or a
-    torch.autograd.forward_ad dual tensor is among ``tensors``. False while compiling/exporting."""
-    if torch.compiler.is_compiling():
-        return False
-    if torch._C._functorch.peek_interpreter_stack() is not None:
-        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
-        if any(i.key() in kinds for i in retrieve_all_functorch_interpreters()):
-            return True
-    return _has_tangent(tensors)
-
-
-def _autodiff_requested(*tensors):
-    """Whether this call must run as ``wkv_naive``: functorch's grad or jvp is active
-    (torch.func.grad, vjp, jacrev, jacfwd, hessian, and compositions with vmap), or forward-mode
-    AD on a dual input. Plain autograd (first order; double backward: see ``_backward``), vmap
-    alone, torch.compile and torch.export use the kernels."""
-    return _transform_active((_TransformType.Grad, _TransformType.Jvp), tensors)
-
-
-def forward_mode_requested(*tensors):
-    """Whether forward-mode AD is at work on these tensors: functorch's jvp (torch.func.jvp,
-    jacfwd, hessian) or a torch.autograd.forward_ad dual tensor among them."""
-    return _transform_active((_TransformType.Jvp,), tensors)
-
-
-def _needs_grad(*tensors):
-    """Whether autograd will want a backward of this call: then the forward saves checkpoints.
-
-    Not under torch.export: the checkpoints' (B, ceil(T / 32), 3, C) shape would make export
-    specialise T; the backward recomputes them instead (the same gradients)."""
-    return (
-        torch.is_grad_enabled()
-        and any(t is not None and t.requires_grad for t in tensors)
-        and not torch.compiler.is_exporting()
-    )
 
 
 def wkv(time_decay: torch.Tensor, time_first: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
