@@ -3,11 +3,13 @@
     import rwkv_wkv
     y = rwkv_wkv.wkv(time_decay, time_first, k, v)                  # (B, T, C)
     y, state = rwkv_wkv.wkv_with_state(time_decay, time_first, k, v, state)
+    y, state = rwkv_wkv.wkv7(r, w, k, v, a, b, state)               # RWKV-7, (B, T, H, N)
     torch.ops.wkv.forward(B, T, C, w, u, k, v, y)                   # RWKV-LM's contract
     rwkv_wkv.patch_transformers()        # transformers' RwkvForCausalLM on this kernel
 
 Layout: one subpackage per RWKV generation (``rwkv_wkv.rwkv4``: op, references, model,
-checkpoint formats), beside what they share (``_library``: the compiled library; ``tokenizer``,
+checkpoint formats; ``rwkv_wkv.rwkv7``: the RWKV-7 op and references), beside what they share
+(``_library``: the compiled library; ``tokenizer``,
 ``data``/``tokens``, ``sampling``, ``checkpoint``/``training``/``train``: the one trainer,
 ``generate``, ``errors``). See README.md and docs/.
 """
@@ -25,6 +27,7 @@ from .rwkv4.model import RWKV
 from .rwkv4.ops import WKVFunction, wkv, wkv_with_state
 from .rwkv4.state import empty_state
 from .rwkv4.transformers_patch import is_transformers_patched, patch_transformers, unpatch_transformers
+from .rwkv7.ops import RUN_CUDA_RWKV7g, WKV7Function, wkv7
 
 # The modules' names before generations had rooms of their own keep working
 # (``import rwkv_wkv.model``, ``from rwkv_wkv.reference import wkv_exact``): the same modules.
@@ -37,6 +40,9 @@ del _name, _module
 __all__ = [
     "wkv",
     "wkv_with_state",
+    "wkv7",
+    "WKV7Function",
+    "RUN_CUDA_RWKV7g",
     "empty_state",
     "WKVFunction",
     "reference",
