@@ -231,7 +231,8 @@ struct Bwd7 {
         store_seq<TIn, S>(a.gk, o, gk);
         store_seq<TIn, S>(a.gb, o, gb);
         store_seq<TIn, S>(a.ga, o, ga);
-        store_seq<TIn, S>(a.gw, o, -(gd * dj * sh.e[j]));
+        // d exp(w) with its limit 0 where d underflowed (exp(w) may then be inf)
+        store_seq<TIn, S>(a.gw, o, -gd * (dj == S(0) ? S(0) : dj * sh.e[j]));
         break;
       }
       case kEnd:

@@ -51,6 +51,10 @@ void from_math(S* p, S x) { *p = x; }
 inline void from_math(Bf16* p, float x) { p->bits = float_to_bf16(x); }
 inline void from_math(Half16* p, float x) { p->bits = float_to_half(x); }
 
+// -dd/dw = d * exp(w) with its limit 0 where d underflowed (exp(w) may then be inf).
+template <class S>
+S decay_slope(S d, S e) { return d == S(0) ? S(0) : d * e; }
+
 template <class S>
 S* scratch_alloc(int64_t n) {
   const size_t bytes = ((size_t(n) * sizeof(S) + 63) / 64) * 64;
@@ -262,7 +266,7 @@ bool backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item) {
         from_math(a.gk + off + j, gk[j]);
         from_math(a.gb + off + j, gb[j]);
         from_math(a.ga + off + j, ga[j]);
-        from_math(a.gw + off + j, -(gd[j] * s.d[j] * s.e[j]));
+        from_math(a.gw + off + j, -gd[j] * decay_slope(s.d[j], s.e[j]));
       }
     }
   }
