@@ -33,6 +33,12 @@ inline const char* dtype_name(ScalarType t) {
     case ScalarType::Double: return "torch.float64";
     case ScalarType::BFloat16: return "torch.bfloat16";
     case ScalarType::Half: return "torch.float16";
+    case ScalarType::Int: return "torch.int32";
+    case ScalarType::Long: return "torch.int64";
+    case ScalarType::Short: return "torch.int16";
+    case ScalarType::Char: return "torch.int8";
+    case ScalarType::Byte: return "torch.uint8";
+    case ScalarType::Bool: return "torch.bool";
     default: return torch::headeronly::toString(t);
   }
 }
