@@ -110,7 +110,7 @@ def _as_heads(op, xs, state, head_size):
     for name, x in zip(_NAMES, xs):
         _check(op, x.dim() == 3 and x.shape == r.shape, f"{name} must have r's shape {tuple(r.shape)}, "
                f"got {tuple(x.shape)}")
-    return tuple(x.reshape(*x.shape[:2], -1, N) for x in xs)
+    return tuple(x.reshape(*x.shape[:2], x.shape[2] // N, N) for x in xs)
 
 
 def wkv7(r, w, k, v, a, b, state=None, *, head_size=None):
