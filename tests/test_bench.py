@@ -128,3 +128,20 @@ def test_gpu_table_format():
     assert "floor (mem)" in table
     serial = next(line for line in table.splitlines() if "| serial |" in line)
     assert "1.12x / 1.50x" in serial
+
+
+def test_bench_wkv7_runs(tmp_path, capsys):
+    """benchmarks/bench_wkv7.py validates, times kernel / naive / floor, writes JSON and PNG."""
+    spec = importlib.util.spec_from_file_location("bench_wkv7", ROOT / "benchmarks" / "bench_wkv7.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out_json, out_png = tmp_path / "b7.json", tmp_path / "b7.png"
+    bench.main(["--shapes", "2x40x2x16,1x17x1x5", "--repeats", "2", "--json", str(out_json), "--plot", str(out_png)])
+    records = json.loads(out_json.read_text())
+    assert {r["impl"] for r in records} == {"kernel", "naive", "floor"}
+    assert all(r["fwd_ms"] > 0 and r["fwdbwd_ms"] > r["fwd_ms"] * 0 for r in records)
+    assert out_png.stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert "| (2, 40, 2, 16) | kernel |" in out and "kernel / floor" in out and "FMA rate" in out
+    with pytest.raises(bench.UsageError, match="four positive sizes"):
+        bench.main(["--shapes", "2x40x2"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from wkv7_helpers import TOL, assert_rel, backend7, inputs, state  # noqa: F401 (backend7: a fixture)
+from wkv7_helpers import TOL, assert_rel, backend7, inputs, state  # noqa: F401 (a fixture)
 
 import rwkv_wkv
 from rwkv_wkv.rwkv7.reference import from_fla, to_fla, wkv7_exact, wkv7_naive
