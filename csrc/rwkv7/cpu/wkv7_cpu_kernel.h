@@ -120,6 +120,46 @@ void load_step(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, StepVec
   if (with_e) load_vec<L>(a.e + off, N, Np, s.e);
 }
 
+// Rows per block of a sweep: their vectors share each load of the step's vectors (and, in the
+// backward, of the column accumulators), and their horizontal sums run side by side.
+constexpr int kRows = 4;
+
+// Rows [i0, i0 + R) of one forward step (see forward_step).
+template <class L, int R, class S, class I>
+inline void forward_rows(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, const StepVecs<S>& s,
+                         const S* src, S* dst, S* sa_out, I* y, int64_t i0, S kr, S br) {
+  using V = typename L::V;
+  V asa[R], ap[R];
+  for (int q = 0; q < R; ++q) asa[q] = ap[q] = V(S(0));
+  for (int64_t j = 0; j < Np; j += L::W) {
+    const V va = L::load(s.a + j), vdr = L::load(s.dr + j);
+    for (int q = 0; q < R; ++q) {
+      const V p = L::load(src + (i0 + q) * Np + j);
+      asa[q] = wkv_fma(p, va, asa[q]);
+      if (y) ap[q] = wkv_fma(p, vdr, ap[q]);
+    }
+  }
+  S sa[R], vi[R];
+  V vsa[R], vv[R];
+  for (int q = 0; q < R; ++q) {
+    sa[q] = wkv_hsum(asa[q]);
+    vi[q] = to_math(a.v[off + i0 + q]);
+    vsa[q] = V(sa[q]);
+    vv[q] = V(vi[q]);
+  }
+  for (int64_t j = 0; j < Np; j += L::W) {
+    const V vd = L::load(s.d + j), vb = L::load(s.b + j), vk = L::load(s.k + j);
+    for (int q = 0; q < R; ++q) {
+      const V p = L::load(src + (i0 + q) * Np + j);
+      L::store(dst + (i0 + q) * Np + j, wkv_fma(vv[q], vk, wkv_fma(vsa[q], vb, p * vd)));
+    }
+  }
+  for (int q = 0; q < R; ++q) {
+    if (sa_out) sa_out[i0 + q] = sa[q];
+    if (y) from_math(y + off + i0 + q, wkv_hsum(ap[q]) + sa[q] * br + vi[q] * kr);
+  }
+}
+
 // One step over the rows of the state: from src into dst (which may be src), sa_t into sa_out
 // (if given), y_t into y (if given).
 template <class L, class S, class I>
@@ -139,46 +179,153 @@ void forward_step(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, cons
     kr = wkv_hsum(akr);
     br = wkv_hsum(abr);
   }
+  int64_t i = 0;
+  for (; i + kRows <= N; i += kRows) forward_rows<L, kRows>(a, off, Np, s, src, dst, sa_out, y, i, kr, br);
+  for (; i < N; ++i) forward_rows<L, 1>(a, off, Np, s, src, dst, sa_out, y, i, kr, br);
+}
+
+// The forward of one item keeps the state transposed, column j (key channel) as a vector over
+// i (value index, padded to Np): sa = sum_j S[:, j] a_j and y = sum_j S_t[:, j] r_j are then
+// vector sums with broadcast scalars, no horizontal sums (the backward, whose sums run the other
+// way too, keeps rows). Rows are swept in blocks of up to kBlock vectors, the block's sa, y and
+// v in registers: one pass over the block's columns for sa, one to update them and form y.
+constexpr int kBlock = 4;
+
+template <class S>
+void load_state_t(const S* src, int64_t N, int64_t Np, S* stT) {  // (N, N) row-major -> columns
+  for (int64_t j = 0; j < N; ++j) {
+    S* col = stT + j * Np;
+    for (int64_t i = 0; i < N; ++i) col[i] = src ? src[i * N + j] : S(0);
+    for (int64_t i = N; i < Np; ++i) col[i] = S(0);
+  }
+}
+template <class S>
+void store_state_t(const S* stT, int64_t N, int64_t Np, S* dst) {
   for (int64_t i = 0; i < N; ++i) {
-    const S* row = src + i * Np;
-    S* out = dst + i * Np;
-    V asa(S(0)), ap(S(0));
-    for (int64_t j = 0; j < Np; j += L::W) {
-      const V p = L::load(row + j);
-      asa = wkv_fma(p, L::load(s.a + j), asa);
-      if (y) ap = wkv_fma(p, L::load(s.dr + j), ap);
-    }
-    const S sa = wkv_hsum(asa);
-    const S vi = to_math(a.v[off + i]);
-    const V vsa(sa), vv(vi);
-    for (int64_t j = 0; j < Np; j += L::W) {
-      const V p = L::load(row + j);
-      L::store(out + j, wkv_fma(vv, L::load(s.k + j), wkv_fma(vsa, L::load(s.b + j), p * L::load(s.d + j))));
-    }
-    if (sa_out) sa_out[i] = sa;
-    if (y) from_math(y + off + i, wkv_hsum(ap) + sa * br + vi * kr);
+    for (int64_t j = 0; j < N; ++j) dst[i * N + j] = stT[j * Np + i];
   }
 }
 
+// Rows [i0, i0 + R W) of one forward step on the transposed state. vs: v_t padded; ys: y_t out.
+template <class L, int R, class S>
+inline void forward_block(int64_t N, int64_t Np, const StepVecs<S>& s, const S* vs, S* stT, S* ys,
+                          int64_t i0) {
+  using V = typename L::V;
+  V sa[R], y[R], v[R];
+  for (int q = 0; q < R; ++q) {
+    sa[q] = y[q] = V(S(0));
+    v[q] = L::load(vs + i0 + q * L::W);
+  }
+  for (int64_t j = 0; j < N; ++j) {
+    const V aj(s.a[j]);
+    const S* col = stT + j * Np + i0;
+    for (int q = 0; q < R; ++q) sa[q] = wkv_fma(L::load(col + q * L::W), aj, sa[q]);
+  }
+  for (int64_t j = 0; j < N; ++j) {
+    const V dj(s.d[j]), bj(s.b[j]), kj(s.k[j]), rj(s.r[j]);
+    S* col = stT + j * Np + i0;
+    for (int q = 0; q < R; ++q) {
+      const V x = wkv_fma(v[q], kj, wkv_fma(sa[q], bj, L::load(col + q * L::W) * dj));
+      L::store(col + q * L::W, x);
+      y[q] = wkv_fma(x, rj, y[q]);
+    }
+  }
+  for (int q = 0; q < R; ++q) L::store(ys + i0 + q * L::W, y[q]);
+}
+
 // The forward of one item: y (if a.y), the final state (if a.state_out), the checkpoints (if
-// a.checkpoints). scratch: N * Np + StepVecs::size(Np).
+// a.checkpoints). scratch: N * Np + StepVecs::size(Np) + 2 Np.
 template <class L, class S, class I>
 void forward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item, S* scratch) {
-  const int64_t N = a.N, NN = N * N, Np = padded(N, L::W);
+  const int64_t N = a.N, NN = N * N, Np = padded(N, L::W), nvec = Np / L::W;
   const Item<S, I> it{item / a.H, item % a.H};
-  S* st = scratch;
+  S* stT = scratch;
   StepVecs<S> s(scratch + N * Np, Np);
-  load_state(a.state_in ? a.state_in + item * NN : nullptr, N, Np, st);
+  S* vs = scratch + N * Np + StepVecs<S>::size(Np);
+  S* ys = vs + Np;
+  load_state_t(a.state_in ? a.state_in + item * NN : nullptr, N, Np, stT);
   const int64_t nckpt = wkv::v7::num_checkpoints(a.T);
   for (int64_t t = 0; t < a.T; ++t) {
     if (a.checkpoints && t % kCheckpointSteps == 0) {
-      store_state(st, N, Np, a.checkpoints + (item * nckpt + t / kCheckpointSteps) * NN);
+      store_state_t(stT, N, Np, a.checkpoints + (item * nckpt + t / kCheckpointSteps) * NN);
     }
     const int64_t off = it.seq(a, t);
     load_step<L>(a, off, Np, s, false);
-    forward_step<L>(a, off, Np, s, st, st, static_cast<S*>(nullptr), a.y);
+    load_vec<L>(a.v + off, N, Np, vs);
+    int64_t q = 0;
+    for (; q + kBlock <= nvec; q += kBlock) forward_block<L, kBlock>(N, Np, s, vs, stT, ys, q * L::W);
+    switch (nvec - q) {
+      case 3: forward_block<L, 3>(N, Np, s, vs, stT, ys, q * L::W); break;
+      case 2: forward_block<L, 2>(N, Np, s, vs, stT, ys, q * L::W); break;
+      case 1: forward_block<L, 1>(N, Np, s, vs, stT, ys, q * L::W); break;
+      default: break;
+    }
+    if (a.y) {
+      for (int64_t i = 0; i < N; ++i) from_math(a.y + off + i, ys[i]);
+    }
   }
-  if (a.state_out) store_state(st, N, Np, a.state_out + item * NN);
+  if (a.state_out) store_state_t(stT, N, Np, a.state_out + item * NN);
+}
+
+// What backward_rows reads and accumulates: H (dL/dS_t, becomes G and then dL/dS_{t-1}), the
+// states S_{t-1}, sa_t, gy_t, v_t, and the five column accumulators (S^T gy, G^T v, G^T sa,
+// sum_i G * S_{t-1}, S_{t-1}^T gsa), each Np long.
+template <class S>
+struct BackRows {
+  S* hs;
+  const S *prev, *sa, *gy, *v;
+  S* acc;
+};
+
+// Rows [i0, i0 + R) of one backward step: G = H + gy r^T, gv_i = G k, gsa_i = G b (written /
+// kept), the column accumulators, and H's rows for step t - 1.
+template <class L, int R, class S, class I>
+inline void backward_rows(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, const StepVecs<S>& s,
+                          const BackRows<S>& w, int64_t i0) {
+  using V = typename L::V;
+  V vgy[R], agv[R], agsa[R];
+  for (int q = 0; q < R; ++q) {
+    vgy[q] = V(w.gy[i0 + q]);
+    agv[q] = agsa[q] = V(S(0));
+  }
+  for (int64_t j = 0; j < Np; j += L::W) {
+    const V vr = L::load(s.r + j), vk = L::load(s.k + j), vb = L::load(s.b + j);
+    for (int q = 0; q < R; ++q) {
+      S* h = w.hs + (i0 + q) * Np + j;
+      const V g = wkv_fma(vgy[q], vr, L::load(h));
+      L::store(h, g);
+      agv[q] = wkv_fma(g, vk, agv[q]);
+      agsa[q] = wkv_fma(g, vb, agsa[q]);
+    }
+  }
+  V vgsa[R], vv[R], vsa[R];
+  for (int q = 0; q < R; ++q) {
+    from_math(a.gv + off + i0 + q, wkv_hsum(agv[q]));
+    vgsa[q] = V(wkv_hsum(agsa[q]));
+    vv[q] = V(w.v[i0 + q]);
+    vsa[q] = V(w.sa[i0 + q]);
+  }
+  S *q_ = w.acc, *gk = w.acc + Np, *gb = w.acc + 2 * Np, *gd = w.acc + 3 * Np, *ga = w.acc + 4 * Np;
+  for (int64_t j = 0; j < Np; j += L::W) {
+    const V vd = L::load(s.d + j), va = L::load(s.a + j);
+    V aq = L::load(q_ + j), agk = L::load(gk + j), agb = L::load(gb + j), agd = L::load(gd + j),
+      aga = L::load(ga + j);
+    for (int q = 0; q < R; ++q) {
+      S* h = w.hs + (i0 + q) * Np + j;
+      const V g = L::load(h), p = L::load(w.prev + (i0 + q) * Np + j);
+      aq = wkv_fma(p, vgy[q], aq);
+      agk = wkv_fma(g, vv[q], agk);
+      agb = wkv_fma(g, vsa[q], agb);
+      agd = wkv_fma(g, p, agd);
+      aga = wkv_fma(p, vgsa[q], aga);
+      L::store(h, wkv_fma(vgsa[q], va, g * vd));
+    }
+    L::store(q_ + j, aq);
+    L::store(gk + j, agk);
+    L::store(gb + j, agb);
+    L::store(gd + j, agd);
+    L::store(ga + j, aga);
+  }
 }
 
 // The backward of one item (checkpoints required). Returns false if out of memory.
@@ -237,30 +384,10 @@ bool backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item) {
         v_gy += vs[i] * gys[i];
       }
       for (int64_t j = 0; j < 5 * Np; ++j) acc[j] = S(0);
-      for (int64_t i = 0; i < N; ++i) {
-        S* hrow = hs + i * Np;
-        const S* prow = prev + i * Np;
-        const V vgy(gys[i]), vv(vs[i]), vsa(sa[i]);
-        V agv(S(0)), agsa(S(0));
-        for (int64_t j = 0; j < Np; j += L::W) {
-          const V g = wkv_fma(vgy, L::load(s.r + j), L::load(hrow + j));
-          L::store(hrow + j, g);
-          agv = wkv_fma(g, L::load(s.k + j), agv);
-          agsa = wkv_fma(g, L::load(s.b + j), agsa);
-        }
-        const S gsa = wkv_hsum(agsa);
-        from_math(a.gv + off + i, wkv_hsum(agv));
-        const V vgsa(gsa);
-        for (int64_t j = 0; j < Np; j += L::W) {
-          const V g = L::load(hrow + j), p = L::load(prow + j);
-          L::store(q + j, wkv_fma(p, vgy, L::load(q + j)));
-          L::store(gk + j, wkv_fma(g, vv, L::load(gk + j)));
-          L::store(gb + j, wkv_fma(g, vsa, L::load(gb + j)));
-          L::store(gd + j, wkv_fma(g, p, L::load(gd + j)));
-          L::store(ga + j, wkv_fma(p, vgsa, L::load(ga + j)));
-          L::store(hrow + j, wkv_fma(vgsa, L::load(s.a + j), g * L::load(s.d + j)));
-        }
-      }
+      const BackRows<S> rows{hs, prev, sa, gys, vs, acc};
+      int64_t i = 0;
+      for (; i + kRows <= N; i += kRows) backward_rows<L, kRows>(a, off, Np, s, rows, i);
+      for (; i < N; ++i) backward_rows<L, 1>(a, off, Np, s, rows, i);
       for (int64_t j = 0; j < N; ++j) {
         from_math(a.gr + off + j, s.d[j] * q[j] + s.b[j] * sa_gy + s.k[j] * v_gy);
         from_math(a.gk + off + j, gk[j]);
@@ -300,7 +427,7 @@ bool for_each_item(const wkv::v7::CpuArgs<S, I>& a, int64_t scratch_size, ItemFn
 template <class L, class S, class I>
 bool forward_all(const wkv::v7::CpuArgs<S, I>& a) {
   const int64_t Np = padded(a.N, L::W);
-  return for_each_item(a, a.N * Np + StepVecs<S>::size(Np), [&](int64_t item, S* scratch) {
+  return for_each_item(a, a.N * Np + StepVecs<S>::size(Np) + 2 * Np, [&](int64_t item, S* scratch) {
     forward_item<L>(a, item, scratch);
     return true;
   });
