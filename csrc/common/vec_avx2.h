@@ -53,6 +53,17 @@ inline F32x8 wkv_exp_nonpos(F32x8 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+// exp(x) for any x, from wkv_exp_nonpos: exp(-|x|), inverted for x > 0; exactly 0 below -87.3
+// (float underflows there anyway), inf above 88.72, NaN kept.
+inline F32x8 wkv_exp(F32x8 x) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 e = wkv_exp_nonpos(F32x8(_mm256_sub_ps(zero, wkv_abs(x).r))).r;
+  __m256 r = _mm256_blendv_ps(e, _mm256_div_ps(_mm256_set1_ps(1.0f), e), _mm256_cmp_ps(x.r, zero, _CMP_GT_OQ));
+  r = _mm256_blendv_ps(r, zero, _mm256_cmp_ps(x.r, _mm256_set1_ps(-87.3f), _CMP_LT_OQ));
+  r = _mm256_blendv_ps(r, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x.r, _mm256_set1_ps(88.72f), _CMP_GT_OQ));
+  return _mm256_blendv_ps(r, x.r, _mm256_cmp_ps(x.r, x.r, _CMP_UNORD_Q));
+}
+
 struct Avx2Lane {
   using V = F32x8;
   static constexpr int64_t W = 8;

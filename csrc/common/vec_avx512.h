@@ -52,6 +52,18 @@ inline F32x16 wkv_exp_nonpos(F32x16 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// exp(x) for any x, from wkv_exp_nonpos: exp(-|x|), inverted for x > 0; exactly 0 below -87.3
+// (float underflows there anyway), inf above 88.72, NaN kept.
+inline F32x16 wkv_exp(F32x16 x) {
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 e = wkv_exp_nonpos(F32x16(_mm512_sub_ps(zero, _mm512_abs_ps(x.r)))).r;
+  __m512 r = _mm512_mask_div_ps(e, _mm512_cmp_ps_mask(x.r, zero, _CMP_GT_OQ), _mm512_set1_ps(1.0f), e);
+  r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(x.r, _mm512_set1_ps(-87.3f), _CMP_LT_OQ), zero);
+  r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(x.r, _mm512_set1_ps(88.72f), _CMP_GT_OQ),
+                         _mm512_set1_ps(__builtin_inff()));
+  return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(x.r, x.r, _CMP_UNORD_Q), x.r);
+}
+
 struct Avx512Lane {
   using V = F32x16;
   static constexpr int64_t W = 16;

@@ -4,8 +4,8 @@
 //
 // r, k, v, a, b, y: (B, T, H, N). Per batch row and head the state S is N x N, S[i][j] with i
 // the value index and j the key index, stored row-major ((B, H, N, N): the public layout).
-// With the decay d_t = exp(-exp(w_t)) per key channel (formed by the op layer, in the math
-// dtype, with torch's exp):
+// With the decay d_t = exp(-exp(w_t)) per key channel (each kernel forms it as it loads w_t,
+// in the math dtype):
 //
 //   sa_t = S_{t-1} a_t
 //   S_t  = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T
@@ -44,12 +44,11 @@ constexpr int64_t kCheckpointSteps = 32;
 WKV7_HD int64_t num_checkpoints(int64_t T) { return (T + kCheckpointSteps - 1) / kCheckpointSteps; }
 
 // The kernels' arguments, one field list for every backend: Seq* the (B, T, H, N) sequences in
-// the input dtype, Math* the math dtype. d is the decay exp(-exp(w)); e = exp(w) (backward only).
+// the input dtype, Math* the math dtype. w is RWKV-LM's w: the decay is exp(-exp(w)).
 template <class MathIn, class MathOut, class SeqIn, class SeqOut>
 struct Wkv7Io {
   int64_t B = 0, T = 0, H = 0, N = 0;
-  SeqIn r{}, k{}, v{}, a{}, b{};
-  MathIn d{}, e{};
+  SeqIn r{}, w{}, k{}, v{}, a{}, b{};
   MathIn state_in{};      // (B, H, N, N) or none: the zero state
   MathOut state_out{};    // forward, optional
   MathOut checkpoints{};  // forward: written if present; backward: read

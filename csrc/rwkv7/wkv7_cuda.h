@@ -16,6 +16,7 @@
 // padded by one element: no bank conflicts either way). NP is N rounded up to 32, 64 or 128.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -44,6 +45,15 @@ WKV7_HD void store_seq(TIn* p, int64_t off, S x) {
     p[off] = static_cast<TIn>(x);
   } else {
     p[off] = static_cast<TIn>(static_cast<float>(x));
+  }
+}
+
+template <class S>
+WKV7_HD S exp_of(S x) {
+  if constexpr (std::is_same_v<S, float>) {
+    return expf(x);
+  } else {
+    return exp(x);
   }
 }
 
@@ -79,7 +89,7 @@ struct Fwd7 {
         const int64_t o = seq_offset(a, blk, t) + tid;
         const bool in = tid < N;
         sh.r[tid] = in ? load_seq<TIn, S>(a.r, o) : S(0);
-        sh.d[tid] = in ? a.d[o] : S(0);
+        sh.d[tid] = in ? exp_of(-exp_of(load_seq<TIn, S>(a.w, o))) : S(0);
         sh.k[tid] = in ? load_seq<TIn, S>(a.k, o) : S(0);
         sh.a[tid] = in ? load_seq<TIn, S>(a.a, o) : S(0);
         sh.b[tid] = in ? load_seq<TIn, S>(a.b, o) : S(0);
@@ -167,13 +177,14 @@ struct Bwd7 {
       case kBLoad: {
         const int64_t o = seq_offset(a, blk, t) + tid;
         const bool in = tid < N;
+        const S e = in ? exp_of(load_seq<TIn, S>(a.w, o)) : S(0);
         sh.r[tid] = in ? load_seq<TIn, S>(a.r, o) : S(0);
-        sh.d[tid] = in ? a.d[o] : S(0);
+        sh.d[tid] = in ? exp_of(-e) : S(0);
         sh.k[tid] = in ? load_seq<TIn, S>(a.k, o) : S(0);
         sh.a[tid] = in ? load_seq<TIn, S>(a.a, o) : S(0);
         sh.b[tid] = in ? load_seq<TIn, S>(a.b, o) : S(0);
         if (which == kBLoad) {
-          sh.e[tid] = in ? a.e[o] : S(0);
+          sh.e[tid] = e;
           sh.gy[tid] = in ? load_seq<TIn, S>(a.gy, o) : S(0);
           sh.v[tid] = in ? load_seq<TIn, S>(a.v, o) : S(0);
           sh.sa[tid] = in ? work[K * NN + slot * N + tid] : S(0);

@@ -45,8 +45,7 @@ CudaArgs<TIn, S> cuda_args(const Launch& a) {
   c.v = ptr_or_null<const TIn>(a.v);
   c.a = ptr_or_null<const TIn>(a.a);
   c.b = ptr_or_null<const TIn>(a.b);
-  c.d = ptr_or_null<const S>(a.d);
-  c.e = ptr_or_null<const S>(a.e);
+  c.w = ptr_or_null<const TIn>(a.w);
   c.state_in = ptr_or_null<const S>(a.state_in);
   c.state_out = ptr_or_null<S>(a.state_out);
   c.checkpoints = ptr_or_null<S>(a.checkpoints);
@@ -75,7 +74,8 @@ void cuda_backward(const Launch& a, Exec& ex) {
   dispatch_cuda(a, [&]<class TIn, class S, int NP>() {
     using Body = Bwd7<NP, TIn, S>;
     CudaArgs<TIn, S> c = cuda_args<TIn, S>(a);
-    const Tensor work = new_tensor({a.B * a.H * Body::work_per_block(a.N)}, a.d.scalar_type(), a.d);
+    const Tensor work = new_tensor({a.B * a.H * Body::work_per_block(a.N)},
+                                   a.r.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float, a.r);
     c.work = static_cast<S*>(work.data_ptr());
     ex.template run<Body>(a.B * a.H, c);
   });

@@ -8,8 +8,8 @@
 //
 // r, w, k, v, a, b, y: (B, T, H, N), one dtype (float32, float64, bfloat16, float16), any
 // strides (copied when not contiguous). state: (B, H, N, N) in the math dtype (float32; float64
-// for float64 inputs), S[i][j] with i the value index. The decay d = exp(-exp(w)) is formed here
-// with torch's exp in the math dtype (rwkv7/wkv7.h has the recurrence). checkpoints:
+// for float64 inputs), S[i][j] with i the value index. The decay d = exp(-exp(w)) is formed by
+// the kernels as they load w, in the math dtype (rwkv7/wkv7.h has the recurrence). checkpoints:
 // (B, H, ceil(T / 32), N, N) when saved, else (B, H, 0, N, N); the backward recomputes them
 // when given none. Every check runs before any pointer is touched (csrc/common/args.h).
 #include <torch/csrc/stable/library.h>
@@ -56,9 +56,9 @@ void check_state(const char* op, const std::optional<Tensor>& s, const char* nam
 
 bool defined(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
-// The shared part of both ops: checks, contiguous inputs, sizes, d = exp(-exp(w)) and e = exp(w).
+// The shared part of both ops: checks, contiguous inputs, sizes.
 Launch make_launch(const char* op, const Tensor& r, const Tensor& w, const Tensor& k, const Tensor& v,
-                   const Tensor& a, const Tensor& b, const std::optional<Tensor>& state, bool need_e) {
+                   const Tensor& a, const Tensor& b, const std::optional<Tensor>& state) {
   const Tensor* x[6] = {&r, &w, &k, &v, &a, &b};
   check_inputs(op, x);
   check_state(op, state, "state", r);
@@ -69,15 +69,11 @@ Launch make_launch(const char* op, const Tensor& r, const Tensor& w, const Tenso
   l.N = r.size(3);
   const auto dt = r.scalar_type(), math = math_dtype(r);
   l.r = as_contiguous(r, dt);
+  l.w = as_contiguous(w, dt);
   l.k = as_contiguous(k, dt);
   l.v = as_contiguous(v, dt);
   l.a = as_contiguous(a, dt);
   l.b = as_contiguous(b, dt);
-  if (l.B * l.T * l.H * l.N > 0) {
-    const Tensor e = unary_op("aten::exp", as_contiguous(w, math));
-    l.d = unary_op("aten::exp", unary_op("aten::neg", e));
-    if (need_e) l.e = e;
-  }
   if (defined(state)) l.state_in = as_contiguous(*state, math);
   return l;
 }
@@ -114,7 +110,7 @@ std::tuple<Tensor, Tensor, Tensor> wkv7_forward(const Tensor& r, const Tensor& w
                                                 const Tensor& v, const Tensor& a, const Tensor& b,
                                                 const std::optional<Tensor>& state,
                                                 bool save_checkpoints) {
-  Launch l = make_launch("wkv.wkv7_forward", r, w, k, v, a, b, state, false);
+  Launch l = make_launch("wkv.wkv7_forward", r, w, k, v, a, b, state);
   l.y = new_tensor({l.B, l.T, l.H, l.N}, l.r.scalar_type(), l.r);
   l.state_out = math_tensor(l, {l.B, l.H, l.N, l.N});
   const Tensor checkpoints =
@@ -135,7 +131,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> wkv7_backward
     const Tensor& b, const std::optional<Tensor>& state, const Tensor& gy,
     const std::optional<Tensor>& gstate_out, const std::optional<Tensor>& checkpoints) {
   const char* op = "wkv.wkv7_backward";
-  Launch l = make_launch(op, r, w, k, v, a, b, state, true);
+  Launch l = make_launch(op, r, w, k, v, a, b, state);
   const auto dt = l.r.scalar_type(), math = math_dtype(l.r);
   check_defined(op, gy, "gy");
   check_dtype(op, gy, "gy", dt, "the same as r");

@@ -6,7 +6,7 @@ Entry points: ``wkv7`` (state in and out), ``WKV7Function.apply`` and RWKV-LM's 
 differentiable reference, the *transition form* of the recurrence (S_t = S_{t-1} M_t + v_t k_t^T
 with M_t = diag(d_t) + a_t b_t^T, a matrix product per step: neither the kernels' arithmetic nor
 wkv7_naive's), and matches it (``TOL``). No cell may return something else. ``EXPECTED`` is also
-the table of docs/op.md (``test_docs_table``).
+the table of docs/op7.md (``test_docs_table``).
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def test_conformance_other_kernels(transform, backend):
 
 
 def render_table():
-    """The RWKV-7 conformance table of docs/op.md (markdown), from EXPECTED."""
+    """The RWKV-7 conformance table of docs/op7.md (markdown), from EXPECTED."""
     lines = ["| transform | " + " | ".join(f"`{e}`" for e in ENTRIES) + " |",
              "|---|" + "---|" * len(ENTRIES)]
     for t in TRANSFORMS:
@@ -278,6 +278,6 @@ def render_table():
 
 
 def test_docs_table():
-    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "op.md").read_text()
-    assert render_table() in doc, "docs/op.md's RWKV-7 conformance table differs from " \
+    doc = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "op7.md").read_text()
+    assert render_table() in doc, "docs/op7.md's RWKV-7 conformance table differs from " \
         "tests/rwkv7/test_wkv7_transforms.py:\n" + render_table()

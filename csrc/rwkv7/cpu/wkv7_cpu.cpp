@@ -23,8 +23,7 @@ CpuArgs<S, I> make_args(const Launch& a) {
   c.v = ptr_or_null<const I>(a.v);
   c.a = ptr_or_null<const I>(a.a);
   c.b = ptr_or_null<const I>(a.b);
-  c.d = ptr_or_null<const S>(a.d);
-  c.e = ptr_or_null<const S>(a.e);
+  c.w = ptr_or_null<const I>(a.w);
   c.state_in = ptr_or_null<const S>(a.state_in);
   c.state_out = ptr_or_null<S>(a.state_out);
   c.checkpoints = ptr_or_null<S>(a.checkpoints);

@@ -15,6 +15,7 @@
 // scratch and walks them backwards, one sweep over the rows per step.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -39,6 +40,8 @@ struct Scalar7Lane {
 inline float wkv_fma(float a, float b, float c) { return a * b + c; }
 inline double wkv_fma(double a, double b, double c) { return a * b + c; }
 inline float wkv_hsum(float a) { return a; }
+inline float wkv_exp(float x) { return std::exp(x); }
+inline double wkv_exp(double x) { return std::exp(x); }
 inline double wkv_hsum(double a) { return a; }
 
 // One element of a sequence in the math type, and back.
@@ -109,15 +112,21 @@ struct StepVecs {
       : r(p), d(p + Np), k(p + 2 * Np), a(p + 3 * Np), b(p + 4 * Np), e(p + 5 * Np), dr(p + 6 * Np) {}
 };
 
+// The step's vectors; e = exp(w) and the decay d = exp(-e) (0 in the padding).
 template <class L, class S, class I>
-void load_step(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, StepVecs<S>& s, bool with_e) {
+void load_step(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, StepVecs<S>& s) {
   const int64_t N = a.N;
   load_vec<L>(a.r + off, N, Np, s.r);
-  load_vec<L>(a.d + off, N, Np, s.d);
   load_vec<L>(a.k + off, N, Np, s.k);
   load_vec<L>(a.a + off, N, Np, s.a);
   load_vec<L>(a.b + off, N, Np, s.b);
-  if (with_e) load_vec<L>(a.e + off, N, Np, s.e);
+  load_vec<L>(a.w + off, N, Np, s.e);
+  for (int64_t j = 0; j < Np; j += L::W) {
+    const typename L::V e = wkv_exp(L::load(s.e + j));
+    L::store(s.e + j, e);
+    L::store(s.d + j, wkv_exp(-e));
+  }
+  for (int64_t j = N; j < Np; ++j) s.d[j] = S(0);
 }
 
 // Rows per block of a sweep: their vectors share each load of the step's vectors (and, in the
@@ -250,7 +259,7 @@ void forward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item, S* scratch) {
       store_state_t(stT, N, Np, a.checkpoints + (item * nckpt + t / kCheckpointSteps) * NN);
     }
     const int64_t off = it.seq(a, t);
-    load_step<L>(a, off, Np, s, false);
+    load_step<L>(a, off, Np, s);
     load_vec<L>(a.v + off, N, Np, vs);
     int64_t q = 0;
     for (; q + kBlock <= nvec; q += kBlock) forward_block<L, kBlock>(N, Np, s, vs, stT, ys, q * L::W);
@@ -328,17 +337,21 @@ inline void backward_rows(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t 
   }
 }
 
-// The backward of one item (checkpoints required). Returns false if out of memory.
+// The backward's scratch: H (N x Np), the chunk's states (chunk x N x Np) and sa (chunk x N),
+// step vectors, the five column accumulators (5 Np), and the per-row scalars gy, v (2 N).
+// Allocated once per thread (a fresh allocation per item would fault its pages in every time).
+inline int64_t backward_scratch(int64_t T, int64_t N, int64_t Np) {
+  const int64_t chunk = T < kCheckpointSteps ? T : kCheckpointSteps;
+  return N * Np + chunk * N * Np + chunk * N + 7 * Np + 5 * Np + 2 * N;
+}
+
+// The backward of one item (checkpoints required).
 template <class L, class S, class I>
-bool backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item) {
+void backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item, S* scratch) {
   using V = typename L::V;
   const int64_t N = a.N, NN = N * N, Np = padded(N, L::W), K = kCheckpointSteps;
   const int64_t chunk = a.T < K ? a.T : K;
-  // H (N x Np), the chunk's states (chunk x N x Np) and sa (chunk x N), step vectors, the five
-  // column accumulators (5 Np), and the per-row scalars gy, v (2 N).
   const int64_t n_states = chunk * N * Np;
-  S* scratch = scratch_alloc<S>(N * Np + n_states + chunk * N + StepVecs<S>::size(Np) + 5 * Np + 2 * N);
-  if (!scratch) return false;
   S* hs = scratch;
   S* states = hs + N * Np;
   S* sas = states + n_states;
@@ -358,7 +371,7 @@ bool backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item) {
     for (int64_t t = t0; t < t1; ++t) {
       S* cur = states + (t - t0) * N * Np;
       const int64_t off = it.seq(a, t);
-      load_step<L>(a, off, Np, s, false);
+      load_step<L>(a, off, Np, s);
       if (t + 1 < t1) {
         forward_step<L>(a, off, Np, s, cur, cur + N * Np, sas + (t - t0) * N, static_cast<I*>(nullptr));
       } else {  // the last step's sa only
@@ -375,7 +388,7 @@ bool backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item) {
       const S* prev = states + (t - t0) * N * Np;
       const S* sa = sas + (t - t0) * N;
       const int64_t off = it.seq(a, t);
-      load_step<L>(a, off, Np, s, true);
+      load_step<L>(a, off, Np, s);
       S sa_gy = 0, v_gy = 0;
       for (int64_t i = 0; i < N; ++i) {
         gys[i] = to_math(a.gy[off + i]);
@@ -398,8 +411,6 @@ bool backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item) {
     }
   }
   if (a.gstate_in) store_state(hs, N, Np, a.gstate_in + item * NN);
-  std::free(scratch);
-  return true;
 }
 
 // Runs item_fn(item, scratch) for every (batch row, head) on the OpenMP threads, with
@@ -435,7 +446,10 @@ bool forward_all(const wkv::v7::CpuArgs<S, I>& a) {
 
 template <class L, class S, class I>
 bool backward_all(const wkv::v7::CpuArgs<S, I>& a) {
-  return for_each_item(a, 0, [&](int64_t item, S*) { return backward_item<L>(a, item); });
+  return for_each_item(a, backward_scratch(a.T, a.N, padded(a.N, L::W)), [&](int64_t item, S* scratch) {
+    backward_item<L>(a, item, scratch);
+    return true;
+  });
 }
 
 }  // namespace
