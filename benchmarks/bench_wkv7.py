@@ -11,7 +11,7 @@ gradient; check, then time), then times, in the same run:
           saves its state checkpoints; the backward recomputes each 32-step chunk from them);
   naive   rwkv_wkv.rwkv7.reference.wkv7_naive, the Python loop over T (autograd for backward);
   floor   the arithmetic floor: the multiply-adds the recurrence needs at this machine's FMA rate,
-          measured now as float32 matrix products' (torch.mm, all threads, the best of two sizes). Per (b, t, h) a
+          measured now as float32 matrix products' (torch.mm, all threads, the fastest run). Per (b, t, h) a
           forward step needs 5 N^2 (S a, S (d r) and the update S d + sa b^T + v k^T: 3 N^2), a
           backward step 10 N^2 (G = H + gy r^T; G k, G b; G^T v, G^T sa, (G * S) summed, S^T gy,
           S^T gsa; H = G d + gsa a^T: 2 N^2). The kernel's backward also recomputes the forward
@@ -78,13 +78,18 @@ def fwd_and_fwdbwd(op, xs):
 
 
 def fma_rate(warmup, repeats):
-    """float32 multiply-adds per second of torch.mm (MKL / oneDNN, all threads), the best of
-    1024^3 and 2048^3 products: the machine's FMA rate as its best-tuned code reaches it."""
+    """float32 multiply-adds per second of torch.mm (MKL / oneDNN, all threads): the fastest of
+    `repeats` 1024^3 and 2048^3 products, the machine's FMA rate as its best-tuned code reaches
+    it (the fastest run, not the median: a floor must not be raised by a noisy neighbour)."""
     best = 0.0
     for n in (1024, 2048):
         a, b = torch.randn(n, n), torch.randn(n, n)
-        ms = median_ms(lambda: torch.mm(a, b), warmup, repeats, 3.0)
-        best = max(best, n**3 / (ms / 1e3))
+        for _ in range(warmup):
+            torch.mm(a, b)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, n**3 / (time.perf_counter() - t))
     return best
 
 
