@@ -1,9 +1,10 @@
-"""Benchmark the RWKV-7 WKV op on the CPU against the naive torch loop and the arithmetic floor,
+"""Benchmark the RWKV-7 WKV op (CPU, or CUDA with --device cuda) against the naive torch loop and the arithmetic floor,
 side by side in one run.
 
     python benchmarks/bench_wkv7.py                  # the full set, float32
     python benchmarks/bench_wkv7.py --quick          # two shapes, fewer repeats
     python benchmarks/bench_wkv7.py --dtype bf16 --json out.json --plot out.png
+    python benchmarks/bench_wkv7.py --device cuda --skip-naive   # the CUDA kernels (a GPU session)
 
 For every (B, T, H, N) it first validates the op against the naive loop (forward and every
 gradient; check, then time), then times, in the same run:
@@ -11,7 +12,8 @@ gradient; check, then time), then times, in the same run:
           saves its state checkpoints; the backward recomputes each 32-step chunk from them);
   naive   rwkv_wkv.rwkv7.reference.wkv7_naive, the Python loop over T (autograd for backward);
   floor   the arithmetic floor: the multiply-adds the recurrence needs at this machine's FMA rate,
-          measured now as float32 matrix products' (torch.mm, all threads, the fastest run). Per (b, t, h) a
+          measured now as the fastest float32 torch.mm (1024^3 and 2048^3, all threads; on CUDA
+          the GPU's, where the serial kernel is latency-bound at small B*H). Per (b, t, h) a
           forward step needs 5 N^2 (S a, S (d r) and the update S d + sa b^T + v k^T: 3 N^2), a
           backward step 10 N^2 (G = H + gy r^T; G k, G b; G^T v, G^T sa, (G * S) summed, S^T gy,
           S^T gsa; H = G d + gsa a^T: 2 N^2). The kernel's backward also recomputes the forward
@@ -39,27 +41,34 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FWD_FMAS, BWD_FMAS = 5, 10  # per (b, t, h), times N^2
 
 
+def _sync():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def median_ms(fn, warmup, repeats, budget_s):
     for _ in range(warmup):
         fn()
+    _sync()
     times, spent = [], 0.0
     while len(times) < repeats and (not times or spent < budget_s):
         t = time.perf_counter()
         fn()
+        _sync()
         dt = time.perf_counter() - t
         times.append(dt * 1e3)
         spent += dt
     return statistics.median(times)
 
 
-def make_inputs(shape, dtype, seed=0):
+def make_inputs(shape, dtype, seed=0, device="cpu"):
     B, T, H, N = shape
     g = torch.Generator().manual_seed(seed)
     r, k, v = (torch.randn(B, T, H, N, generator=g) for _ in range(3))
     w = -torch.nn.functional.softplus(-torch.randn(B, T, H, N, generator=g)) - 0.5
     kk = torch.nn.functional.normalize(torch.randn(B, T, H, N, generator=g), dim=-1)
     a, b = -kk, kk * torch.rand(B, T, H, N, generator=g)
-    return [x.to(dtype) for x in (r, w, k, v, a, b)]
+    return [x.to(device=device, dtype=dtype) for x in (r, w, k, v, a, b)]
 
 
 def fwd_and_fwdbwd(op, xs):
@@ -77,30 +86,32 @@ def fwd_and_fwdbwd(op, xs):
     return fwd, fwdbwd
 
 
-def fma_rate(warmup, repeats):
+def fma_rate(warmup, repeats, device="cpu"):
     """float32 multiply-adds per second of torch.mm (MKL / oneDNN, all threads): the fastest of
     `repeats` 1024^3 and 2048^3 products, the machine's FMA rate as its best-tuned code reaches
     it (the fastest run, not the median: a floor must not be raised by a noisy neighbour)."""
     best = 0.0
     for n in (1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
         for _ in range(warmup):
             torch.mm(a, b)
+        _sync()
         for _ in range(repeats):
             t = time.perf_counter()
             torch.mm(a, b)
+            _sync()
             best = max(best, n**3 / (time.perf_counter() - t))
     return best
 
 
-def validate(shape, dtype):
+def validate(shape, dtype, device):
     """The op against the naive loop at the benchmark's shape (float32 math both)."""
-    xs = make_inputs(shape, dtype, seed=1)
+    xs = make_inputs(shape, dtype, seed=1, device=device)
     prim = [x.clone().requires_grad_() for x in xs]
     ref = [x.clone().float().requires_grad_() for x in xs]
     y, st = rwkv_wkv.wkv7(*prim)
     ye, se = wkv7_naive(*ref)
-    gy = torch.randn(ye.shape, generator=torch.Generator().manual_seed(2))
+    gy = torch.randn(ye.shape, generator=torch.Generator().manual_seed(2)).to(device)
     got = torch.autograd.grad((y.float() * gy).sum() + st.sum(), prim)
     want = torch.autograd.grad((ye * gy).sum() + se.sum(), ref)
     tol = 1e-4 if dtype == torch.float32 else 3e-2
@@ -112,6 +123,7 @@ def validate(shape, dtype):
 
 def main(argv=None):
     p = ArgumentParser(__doc__)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="dtype of the inputs (default: fp32)")
     p.add_argument("--quick", action="store_true", help="two shapes, fewer repeats")
     p.add_argument("--shapes", default=None, help="override shapes as BxTxHxN, e.g. '1x1024x8x64,4x512x16x64'")
@@ -123,6 +135,11 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     dtype = DTYPES[args.dtype]
+    device = args.device
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"--device: cpu or cuda, got {device!r}")
+    if device == "cuda" and not (torch.cuda.is_available() and rwkv_wkv.build_info()["cuda"]):
+        raise UsageError("--device cuda needs a GPU and a CUDA build of rwkv_wkv")
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     if args.shapes:
         try:
@@ -135,18 +152,19 @@ def main(argv=None):
     naive_budget = args.naive_budget if args.naive_budget is not None else (3.0 if args.quick else 10.0)
     warmup = 1
     info = rwkv_wkv.build_info()
-    rate = fma_rate(warmup + 1, max(repeats, 5))
-    print(f"# RWKV-7 WKV, CPU ({info['cpu_isa']}, {torch.get_num_threads()} threads), {args.dtype}; "
-          f"FMA rate (torch.mm): {rate / 1e9:.1f} G/s")
+    rate = fma_rate(warmup + 1, max(repeats, 5), device)
+    where = (torch.cuda.get_device_name() if device == "cuda"
+             else f"CPU ({info['cpu_isa']}, {torch.get_num_threads()} threads)")
+    print(f"# RWKV-7 WKV, {where}, {args.dtype}; FMA rate (torch.mm): {rate / 1e9:.1f} G/s")
 
     records = []
     for shape in tqdm(shapes, desc="shapes", file=sys.stderr):
-        validate(shape, dtype)
+        validate(shape, dtype, device)
         B, T, H, N = shape
-        xs = make_inputs(shape, dtype)
+        xs = make_inputs(shape, dtype, device=device)
         steps = B * T * H * N * N
         floor_fwd, floor_bwd = FWD_FMAS * steps / rate * 1e3, BWD_FMAS * steps / rate * 1e3
-        rec = {"shape": list(shape), "dtype": args.dtype, "cpu_isa": info["cpu_isa"],
+        rec = {"shape": list(shape), "device": device, "dtype": args.dtype, "cpu_isa": info["cpu_isa"],
                "threads": torch.get_num_threads(), "fma_per_s": rate}
         fwd, fwdbwd = fwd_and_fwdbwd(rwkv_wkv.wkv7, xs)
         records.append({**rec, "impl": "kernel", "fwd_ms": median_ms(fwd, warmup, repeats, 30.0),
@@ -162,7 +180,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)
     if args.plot:
-        plot(records, args.plot, f"RWKV-7 WKV on the CPU, {args.dtype} ({info['cpu_isa']})")
+        plot(records, args.plot, f"RWKV-7 WKV, {where}, {args.dtype}")
     return 0
 
 

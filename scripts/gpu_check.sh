@@ -72,6 +72,13 @@ status[bench_bf16]=$?
 cat "$OUT/bench_fp32.md" "$OUT/bench_bf16.md"
 tail -3 "$OUT/bench_fp32.err" "$OUT/bench_bf16.err"
 
+stamp "RWKV-7 benchmark (serial CUDA kernels; never timed before)"
+$PY benchmarks/bench_wkv7.py --device cuda --skip-naive --json "$OUT/bench_wkv7.json" > "$OUT/bench_wkv7.md" \
+  2> "$OUT/bench_wkv7.err"
+status[bench_wkv7]=$?
+cat "$OUT/bench_wkv7.md"
+tail -3 "$OUT/bench_wkv7.err"
+
 stamp "generation benchmark"
 $PY benchmarks/bench_generate.py --device cuda --shapes L12-d512,L12-d768 --json "$OUT/generate_cuda.json" \
   > "$OUT/generate_cuda.md" 2> "$OUT/generate_cuda.err"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,3 +146,5 @@ def test_bench_wkv7_runs(tmp_path, capsys):
     assert "| (2, 40, 2, 16) | kernel |" in out and "kernel / floor" in out and "FMA rate" in out
     with pytest.raises(bench.UsageError, match="four positive sizes"):
         bench.main(["--shapes", "2x40x2"])
+    with pytest.raises(bench.UsageError, match="--device"):
+        bench.main(["--device", "cuda" if not torch.cuda.is_available() else "tpu"])
