@@ -103,13 +103,12 @@ void store_state(const S* st, int64_t N, int64_t Np, S* dst) {
   for (int64_t i = 0; i < N; ++i) std::memcpy(dst + i * N, st + i * Np, N * sizeof(S));
 }
 
-// The step vectors of one t, padded: r, d, k, a, b (and e, and d * r for the forward's y).
+// The step vectors of one t, padded: r, d, k, a, b, and e = exp(w).
 template <class S>
 struct StepVecs {
-  S *r, *d, *k, *a, *b, *e, *dr;
-  static int64_t size(int64_t Np) { return 7 * Np; }
-  StepVecs(S* p, int64_t Np)
-      : r(p), d(p + Np), k(p + 2 * Np), a(p + 3 * Np), b(p + 4 * Np), e(p + 5 * Np), dr(p + 6 * Np) {}
+  S *r, *d, *k, *a, *b, *e;
+  static int64_t size(int64_t Np) { return 6 * Np; }
+  StepVecs(S* p, int64_t Np) : r(p), d(p + Np), k(p + 2 * Np), a(p + 3 * Np), b(p + 4 * Np), e(p + 5 * Np) {}
 };
 
 // The step's vectors; e = exp(w) and the decay d = exp(-e) (0 in the padding).
@@ -133,29 +132,25 @@ void load_step(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, StepVec
 // backward, of the column accumulators), and their horizontal sums run side by side.
 constexpr int kRows = 4;
 
-// Rows [i0, i0 + R) of one forward step (see forward_step).
+// Rows [i0, i0 + R) of one step of the backward's recompute (see recompute_step).
 template <class L, int R, class S, class I>
-inline void forward_rows(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, const StepVecs<S>& s,
-                         const S* src, S* dst, S* sa_out, I* y, int64_t i0, S kr, S br) {
+inline void recompute_rows(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, const StepVecs<S>& s,
+                           const S* src, S* dst, S* sa_out, int64_t i0) {
   using V = typename L::V;
-  V asa[R], ap[R];
-  for (int q = 0; q < R; ++q) asa[q] = ap[q] = V(S(0));
+  V asa[R];
+  for (int q = 0; q < R; ++q) asa[q] = V(S(0));
   for (int64_t j = 0; j < Np; j += L::W) {
-    const V va = L::load(s.a + j), vdr = L::load(s.dr + j);
-    for (int q = 0; q < R; ++q) {
-      const V p = L::load(src + (i0 + q) * Np + j);
-      asa[q] = wkv_fma(p, va, asa[q]);
-      if (y) ap[q] = wkv_fma(p, vdr, ap[q]);
-    }
+    const V va = L::load(s.a + j);
+    for (int q = 0; q < R; ++q) asa[q] = wkv_fma(L::load(src + (i0 + q) * Np + j), va, asa[q]);
   }
-  S sa[R], vi[R];
   V vsa[R], vv[R];
   for (int q = 0; q < R; ++q) {
-    sa[q] = wkv_hsum(asa[q]);
-    vi[q] = to_math(a.v[off + i0 + q]);
-    vsa[q] = V(sa[q]);
-    vv[q] = V(vi[q]);
+    const S sa = wkv_hsum(asa[q]);
+    sa_out[i0 + q] = sa;
+    vsa[q] = V(sa);
+    vv[q] = V(to_math(a.v[off + i0 + q]));
   }
+  if (!dst) return;
   for (int64_t j = 0; j < Np; j += L::W) {
     const V vd = L::load(s.d + j), vb = L::load(s.b + j), vk = L::load(s.k + j);
     for (int q = 0; q < R; ++q) {
@@ -163,34 +158,17 @@ inline void forward_rows(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t N
       L::store(dst + (i0 + q) * Np + j, wkv_fma(vv[q], vk, wkv_fma(vsa[q], vb, p * vd)));
     }
   }
-  for (int q = 0; q < R; ++q) {
-    if (sa_out) sa_out[i0 + q] = sa[q];
-    if (y) from_math(y + off + i0 + q, wkv_hsum(ap[q]) + sa[q] * br + vi[q] * kr);
-  }
 }
 
-// One step over the rows of the state: from src into dst (which may be src), sa_t into sa_out
-// (if given), y_t into y (if given).
+// One step of the backward's recompute over the rows of the (row-major) state: sa_t into
+// sa_out, and S_t into dst (none: the chunk's last step, whose S_t is not needed).
 template <class L, class S, class I>
-void forward_step(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, const StepVecs<S>& s,
-                  const S* src, S* dst, S* sa_out, I* y) {
-  using V = typename L::V;
+void recompute_step(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t Np, const StepVecs<S>& s,
+                    const S* src, S* dst, S* sa_out) {
   const int64_t N = a.N;
-  S kr = 0, br = 0;
-  if (y) {
-    V akr(S(0)), abr(S(0));
-    for (int64_t j = 0; j < Np; j += L::W) {
-      const V r = L::load(s.r + j);
-      L::store(s.dr + j, L::load(s.d + j) * r);
-      akr = wkv_fma(L::load(s.k + j), r, akr);
-      abr = wkv_fma(L::load(s.b + j), r, abr);
-    }
-    kr = wkv_hsum(akr);
-    br = wkv_hsum(abr);
-  }
   int64_t i = 0;
-  for (; i + kRows <= N; i += kRows) forward_rows<L, kRows>(a, off, Np, s, src, dst, sa_out, y, i, kr, br);
-  for (; i < N; ++i) forward_rows<L, 1>(a, off, Np, s, src, dst, sa_out, y, i, kr, br);
+  for (; i + kRows <= N; i += kRows) recompute_rows<L, kRows>(a, off, Np, s, src, dst, sa_out, i);
+  for (; i < N; ++i) recompute_rows<L, 1>(a, off, Np, s, src, dst, sa_out, i);
 }
 
 // The forward of one item keeps the state transposed, column j (key channel) as a vector over
@@ -342,13 +320,12 @@ inline void backward_rows(const wkv::v7::CpuArgs<S, I>& a, int64_t off, int64_t 
 // Allocated once per thread (a fresh allocation per item would fault its pages in every time).
 inline int64_t backward_scratch(int64_t T, int64_t N, int64_t Np) {
   const int64_t chunk = T < kCheckpointSteps ? T : kCheckpointSteps;
-  return N * Np + chunk * N * Np + chunk * N + 7 * Np + 5 * Np + 2 * N;
+  return N * Np + chunk * N * Np + chunk * N + StepVecs<float>::size(Np) + 5 * Np + 2 * N;
 }
 
 // The backward of one item (checkpoints required).
 template <class L, class S, class I>
 void backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item, S* scratch) {
-  using V = typename L::V;
   const int64_t N = a.N, NN = N * N, Np = padded(N, L::W), K = kCheckpointSteps;
   const int64_t chunk = a.T < K ? a.T : K;
   const int64_t n_states = chunk * N * Np;
@@ -372,16 +349,7 @@ void backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item, S* scratch) {
       S* cur = states + (t - t0) * N * Np;
       const int64_t off = it.seq(a, t);
       load_step<L>(a, off, Np, s);
-      if (t + 1 < t1) {
-        forward_step<L>(a, off, Np, s, cur, cur + N * Np, sas + (t - t0) * N, static_cast<I*>(nullptr));
-      } else {  // the last step's sa only
-        for (int64_t i = 0; i < N; ++i) {
-          const S* row = cur + i * Np;
-          V asa(S(0));
-          for (int64_t j = 0; j < Np; j += L::W) asa = wkv_fma(L::load(row + j), L::load(s.a + j), asa);
-          sas[(t - t0) * N + i] = wkv_hsum(asa);
-        }
-      }
+      recompute_step<L>(a, off, Np, s, cur, t + 1 < t1 ? cur + N * Np : nullptr, sas + (t - t0) * N);
     }
     // Walk the chunk backwards.
     for (int64_t t = t1 - 1; t >= t0; --t) {
