@@ -23,84 +23,19 @@ It is one tensor of shape (B, n_layer, 5, C) in float32 (float64 for a float64 m
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from ..sampling import sample
+from ..layers import L2Wrap, init_, last_position, token_shift  # noqa: F401 (rwkv_wkv.model.L2Wrap)
+from ..lm import LanguageModel
+from ..sampling import sample  # noqa: F401 (rwkv_wkv.model.sample: public)
 from ..tokenizer import decode_bytes, encode_bytes  # noqa: F401 (rwkv_wkv.model.encode_bytes: public)
 from . import checkpoints
 from .config import RWKVConfig
-from .ops import forward_mode_requested, wkv_with_state
+from .ops import wkv_with_state
 from .state import EMPTY_EXPONENT
-
-try:
-    from torch.distributed.tensor import DTensor, distribute_tensor
-except ImportError:  # a torch built without distributed
-    DTensor = distribute_tensor = None
-
-
-class L2Wrap(torch.autograd.Function):
-    """Identity on the loss; in backward, adds factor/(B*T) * max-logit to each position's
-    largest logit, discouraging logits from drifting upwards (RWKV-LM's L2Wrap).
-
-    Written with ``setup_context``, so torch.func's reverse-mode transforms see through it; its
-    backward is made of torch ops (double backward works). It has no jvp (torch.compile cannot
-    trace one): under forward-mode AD the model leaves it out, which changes nothing there —
-    forward, it is the identity."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(loss, logits, factor):
-        return loss.clone()  # not the input itself (a view): FSDP2 hooks the root's outputs
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, logits, factor = inputs
-        ctx.save_for_backward(logits)
-        ctx.factor = factor
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (logits,) = ctx.saved_tensors
-        scale = ctx.factor / max(1, logits.numel() // logits.shape[-1])
-        maxx, ids = torch.max(logits, dim=-1, keepdim=True)
-        # times grad_output: a loss scaled by 1/N (gradient accumulation) scales this part too
-        glogits = torch.zeros_like(logits).scatter(-1, ids, maxx * (scale * grad_output))
-        return grad_output, glogits, None
-
-
-def _init_(p, fill):
-    """Applies an initialisation ``fill`` (an in-place function of a full tensor) to ``p``. A
-    DTensor (FSDP2) is filled in full, one parameter at a time, and each rank keeps its shard,
-    so a sharded model gets the values an unsharded one would (orthogonal_ needs the whole)."""
-    if DTensor is not None and isinstance(p, DTensor):
-        local = p.to_local()
-        full = torch.empty(p.shape, dtype=p.dtype, device=local.device)
-        fill(full)
-        local.copy_(distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local())
-    elif p.device.type != "meta":  # meta: nothing to fill (construction without memory)
-        fill(p)
-
-
-def _last(x, prev):
-    """The last position of x (B, T, C), what the next segment's token shift sees; for T = 0
-    (eager only) the previous one passes through (zeros if None)."""
-    if not torch.compiler.is_compiling() and x.shape[1] == 0:
-        return x.new_zeros((x.shape[0], x.shape[2])) if prev is None else prev.to(x.dtype)
-    return x[:, -1]
-
-
-def _shift(x, prev):
-    """Token shift: position t sees x_{t-1}; position 0 sees `prev` (zeros if None)."""
-    first = torch.zeros_like(x[:, :1]) if prev is None else prev[:, None].to(x.dtype)
-    # [first, x] then drop the last: one copy, as cat([first, x[:, :-1]]), but no length-(T - 1)
-    # piece, whose size checks made torch.export specialise T (non-strict: a guard T - 1 != 1)
-    return torch.cat([first, x], dim=1)[:, :-1]
 
 
 class TimeMix(nn.Module):
@@ -152,8 +87,8 @@ class TimeMix(nn.Module):
 
     def forward(self, x, shift=None, wkv_state=None):
         """x: (B, T, C) after ln1. Returns (out, last x, new WKV state)."""
-        out, new_state = self.mix(x, _shift(x, shift), wkv_state)
-        return out, _last(x, shift), new_state
+        out, new_state = self.mix(x, token_shift(x, shift), wkv_state)
+        return out, last_position(x, shift), new_state
 
 
 class ChannelMix(nn.Module):
@@ -182,7 +117,7 @@ class ChannelMix(nn.Module):
         return torch.sigmoid(self.receptance(xr)) * self.value(k)
 
     def forward(self, x, shift=None):
-        return self.mix(x, _shift(x, shift)), _last(x, shift)
+        return self.mix(x, token_shift(x, shift)), last_position(x, shift)
 
 
 class Block(nn.Module):
@@ -228,7 +163,7 @@ class Block(nn.Module):
         return x + f[:, 0]
 
 
-class RWKV(nn.Module):
+class RWKV(LanguageModel):
     def __init__(self, config: RWKVConfig):
         super().__init__()
         self.config = config
@@ -258,15 +193,15 @@ class RWKV(nn.Module):
             )
         for module in self.modules():
             if isinstance(module, nn.Embedding):  # as nn.Embedding.reset_parameters
-                _init_(module.weight, nn.init.normal_)
+                init_(module.weight, nn.init.normal_)
             elif isinstance(module, nn.Linear):  # as nn.Linear.reset_parameters (no bias here)
-                _init_(module.weight, lambda t: nn.init.kaiming_uniform_(t, a=math.sqrt(5)))
+                init_(module.weight, lambda t: nn.init.kaiming_uniform_(t, a=math.sqrt(5)))
             elif isinstance(module, nn.LayerNorm):
-                _init_(module.weight, nn.init.ones_)
-                _init_(module.bias, nn.init.zeros_)
+                init_(module.weight, nn.init.ones_)
+                init_(module.bias, nn.init.zeros_)
             elif isinstance(module, (TimeMix, ChannelMix)):
                 for name, value in module.initial_curves().items():
-                    _init_(getattr(module, name), lambda t, value=value: t.copy_(value))
+                    init_(getattr(module, name), lambda t, value=value: t.copy_(value))
         self._init_rwkv()
 
     @torch.no_grad()
@@ -276,17 +211,17 @@ class RWKV(nn.Module):
         ffn.value) zero, so every block starts as the identity on the residual stream;
         other matrices orthogonal with gain sqrt(out/in) when out > in; the head orthogonal
         with gain 0.5 * sqrt(vocab / n_embd)."""
-        _init_(self.emb.weight, lambda t: nn.init.uniform_(t, -1e-4, 1e-4))
+        init_(self.emb.weight, lambda t: nn.init.uniform_(t, -1e-4, 1e-4))
         zero = (".att.key.", ".att.receptance.", ".att.output.", ".ffn.value.", ".ffn.receptance.")
         for name, p in self.named_parameters():
             if not name.endswith(".weight") or p.dim() != 2 or name == "emb.weight":
                 continue
             if any(z in "." + name for z in zero):
-                _init_(p, nn.init.zeros_)
+                init_(p, nn.init.zeros_)
             elif name == "head.weight":
-                _init_(p, lambda t: nn.init.orthogonal_(t, gain=0.5 * math.sqrt(t.shape[0] / t.shape[1])))
+                init_(p, lambda t: nn.init.orthogonal_(t, gain=0.5 * math.sqrt(t.shape[0] / t.shape[1])))
             else:
-                _init_(p, lambda t: nn.init.orthogonal_(
+                init_(p, lambda t: nn.init.orthogonal_(
                     t, gain=math.sqrt(t.shape[0] / t.shape[1]) if t.shape[0] > t.shape[1] else 1.0))
 
     # ---- GPT mode ----------------------------------------------------------------------------
@@ -300,14 +235,7 @@ class RWKV(nn.Module):
         on consecutive segments with the state carried (not detached) gives the gradients of
         the whole sequence.
         """
-        if idx.dim() != 2:
-            raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
-        # checked on CPU only: elsewhere it would synchronise the device every step (an id out of
-        # range on a GPU still fails, in the embedding)
-        if (idx.device.type == "cpu" and not torch.compiler.is_compiling() and idx.numel()
-                and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size)):
-            raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got range "
-                             f"[{int(idx.min())}, {int(idx.max())}]")
+        self.check_ids(idx)
         x = self.emb(idx)
         new_states = []
         recompute = self.grad_checkpoint and torch.is_grad_enabled()
@@ -323,21 +251,12 @@ class RWKV(nn.Module):
                 raise ValueError("last_only=True gives no loss: pass targets=None")
             x = x[:, -1:]
         logits = self.head(self.ln_out(x))
-        loss = None
-        if targets is not None:
-            # at least float32 (16-bit logits are upcast; a float64 model keeps float64)
-            loss_dtype = torch.promote_types(logits.dtype, torch.float32)
-            loss = F.cross_entropy(logits.to(loss_dtype).view(-1, logits.size(-1)), targets.reshape(-1))
-            if self.config.l2wrap and self.training and not forward_mode_requested(logits):
-                loss = L2Wrap.apply(loss, logits, self.config.l2wrap_factor)
+        loss = None if targets is None else self.lm_loss(logits, targets)
         if return_state:
             return logits, loss, torch.stack(new_states, dim=1)
         return logits, loss
 
     # ---- RNN mode ----------------------------------------------------------------------------
-    def state_dtype(self):
-        return torch.float64 if self.emb.weight.dtype == torch.float64 else torch.float32
-
     def init_state(self, batch_size: int, device=None):
         """The state before any token: zero shifts, empty WKV state."""
         device = device or self.emb.weight.device
@@ -346,100 +265,11 @@ class RWKV(nn.Module):
         state[:, :, 3] = EMPTY_EXPONENT
         return state
 
-    @torch.no_grad()
-    def to_inference_layout(self):
-        """Stores every Linear weight column-major: the same shapes, values and state_dict, but
-        ``x @ W.T`` then reads W.T contiguously. On CPU MKL's single-vector product is faster
-        that way (measured here: the 50277 x 768 head 9.1 -> 5.5 ms; a 169M-shape step 32 -> 28
-        ms), GPT-mode speed is unchanged and training still works. Returns self."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.data = module.weight.data.t().contiguous().t()
-        return self
-
-    def step(self, tokens, state):
-        """One token per batch row: tokens (B,) -> (logits (B, vocab), new state). O(1) in the
-        sequence length; `state` is not modified (see step_ for the in-place form)."""
-        out = torch.empty_like(state)
-        return self._step_into(tokens, state, out), out
-
-    def step_(self, tokens, state):
-        """As step, updating `state` in place (inference: under no_grad); returns the logits."""
-        return self._step_into(tokens, state, state)
-
     def _step_into(self, tokens, state, out):
         x = self.emb(tokens.view(-1))
         for i, block in enumerate(self.blocks):
             x = block.step_into(x, state[:, i], out[:, i])
         return self.head(self.ln_out(x))
-
-    @torch.no_grad()
-    def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
-                 cuda_graph=True, stream=None, vocab_limit=None):
-        """Samples continuations. prompt_ids: (B, T) or (T,) ids (T >= 1; B prompts of one
-        length). The prompt runs in GPT mode (one call, logits of its last position only), then
-        each new token costs one RNN step, updating one state tensor in place; on CUDA that step
-        is captured once as a CUDA graph and replayed (``cuda_graph=False`` to run it eagerly).
-        ``stream``: called with each new (B,) tensor of ids as it is sampled. ``vocab_limit``:
-        only ids below it are ever produced (a tokenizer smaller than the model's padded
-        vocabulary cannot decode the rest). Returns (B, T + new)."""
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if vocab_limit is not None and not 1 <= vocab_limit <= self.config.vocab_size:
-            raise ValueError(f"vocab_limit must be in [1, {self.config.vocab_size}], got {vocab_limit}")
-        if vocab_limit == self.config.vocab_size:
-            vocab_limit = None
-        idx = torch.as_tensor(prompt_ids, device=self.emb.weight.device)
-        squeeze = idx.dim() == 1
-        idx = idx.view(1, -1) if squeeze else idx
-        if idx.dim() != 2 or idx.shape[1] < 1:
-            raise ValueError("the prompt must hold at least one token, as (T,) or (B, T) ids")
-        gen = torch.Generator(device=idx.device)
-        gen.manual_seed(seed if seed is not None else torch.seed())
-        logits, _, state = self.forward(idx, state=None, return_state=True, last_only=True)
-        logits = logits[:, -1]
-        step = self._graphed_step(state) if cuda_graph and idx.device.type == "cuda" else None
-        out = [idx]
-        # ids the caller's tokenizer cannot decode are never sampled
-        beyond = None if vocab_limit is None else torch.arange(self.config.vocab_size, device=idx.device) >= vocab_limit
-        for i in range(max_new_tokens):
-            logits = logits.float()
-            if beyond is not None:
-                logits = logits.masked_fill(beyond, float("-inf"))
-            nxt = sample(logits, temperature, top_k, top_p, gen)
-            out.append(nxt[:, None])
-            if stream is not None:
-                stream(nxt)
-            if i + 1 == max_new_tokens:
-                break
-            logits = step(nxt) if step is not None else self.step_(nxt, state)
-        result = torch.cat(out, dim=1)
-        return result[0] if squeeze else result
-
-    def _graphed_step(self, state):
-        """The in-place step on `state` captured as a CUDA graph: returns step(tokens) -> logits
-        (a static buffer, overwritten by the next call)."""
-        tokens = torch.zeros(state.shape[0], dtype=torch.long, device=state.device)
-        saved = state.clone()
-        side = torch.cuda.Stream(device=state.device)
-        side.wait_stream(torch.cuda.current_stream(state.device))
-        with torch.cuda.stream(side):  # warm up (allocator, lazy initialisation) off the main stream
-            for _ in range(2):
-                self.step_(tokens, state)
-        torch.cuda.current_stream(state.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logits = self.step_(tokens, state)
-        state.copy_(saved)  # warm-up and capture advanced it (capture itself runs nothing)
-
-        def step(nxt):
-            tokens.copy_(nxt)
-            graph.replay()
-            return logits
-
-        return step
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self, learning_rate, weight_decay=0.0, betas=(0.9, 0.99), eps=1e-8,
@@ -489,9 +319,4 @@ class RWKV(nn.Module):
         """Saves the bare state dict (RWKV-LM v4 format: same keys and shapes), atomically."""
         checkpoints.save_rwkv_lm(self, path)
 
-    def num_params(self):
-        return sum(p.numel() for p in self.parameters())
-
-    def config_dict(self):
-        return asdict(self.config)
 
