@@ -1,15 +1,17 @@
-"""rwkv_wkv: RWKV's WKV operators for PyTorch, and an RWKV-4 language model on them.
+"""rwkv_wkv: RWKV's WKV operators for PyTorch, and RWKV-4 and RWKV-7 language models on them.
 
     import rwkv_wkv
     y = rwkv_wkv.wkv(time_decay, time_first, k, v)                  # (B, T, C)
     y, state = rwkv_wkv.wkv_with_state(time_decay, time_first, k, v, state)
     y, state = rwkv_wkv.wkv7(r, w, k, v, a, b, state)               # RWKV-7, (B, T, H, N)
+    model = rwkv_wkv.from_checkpoint(path)   # RWKV (RWKV-4) or RWKV7, whichever the file holds
     torch.ops.wkv.forward(B, T, C, w, u, k, v, y)                   # RWKV-LM's contract
     rwkv_wkv.patch_transformers()        # transformers' RwkvForCausalLM on this kernel
 
 Layout: one subpackage per RWKV generation (``rwkv_wkv.rwkv4``: op, references, model,
-checkpoint formats; ``rwkv_wkv.rwkv7``: the RWKV-7 op and references), beside what they share
-(``_library``: the compiled library; ``tokenizer``,
+checkpoint formats; ``rwkv_wkv.rwkv7``: the same for RWKV-7), beside what they share
+(``models``: ``from_checkpoint`` for any generation; ``lm`` / ``layers`` / ``formats``: what the
+models and their checkpoint formats share; ``_library``: the compiled library; ``tokenizer``,
 ``data``/``tokens``, ``sampling``, ``checkpoint``/``training``/``train``: the one trainer,
 ``generate``, ``errors``). See README.md and docs/.
 """
@@ -27,6 +29,9 @@ from .rwkv4.model import RWKV
 from .rwkv4.ops import WKVFunction, wkv, wkv_with_state
 from .rwkv4.state import empty_state
 from .rwkv4.transformers_patch import is_transformers_patched, patch_transformers, unpatch_transformers
+from .models import from_checkpoint
+from .rwkv7.config import RWKV7Config
+from .rwkv7.model import RWKV7
 from .rwkv7.ops import RUN_CUDA_RWKV7g, WKV7Function, wkv7
 
 # The modules' names before generations had rooms of their own keep working
@@ -52,6 +57,9 @@ __all__ = [
     "cuda_plan",
     "RWKV",
     "RWKVConfig",
+    "RWKV7",
+    "RWKV7Config",
+    "from_checkpoint",
     "patch_transformers",
     "unpatch_transformers",
     "is_transformers_patched",

@@ -14,12 +14,13 @@ config, and the model file needs nothing of the formats.
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 
 from .. import checkpoint as trainer_checkpoint
 from ..errors import first_line
+from ..formats import build as _build
+from ..formats import save_state_dict
 from . import hf
 from .config import RWKVConfig
 
@@ -78,46 +79,9 @@ def load(cls, path, map_location="cpu", ctx_len=None):
     return _build(cls, config, obj, path)
 
 
-def _build(cls, config, sd, path):
-    """The model of `config` with the weights `sd` from `path`; a mismatch is one ValueError
-    naming the file and what does not fit (instead of load_state_dict's multi-line report)."""
-    model = cls(config)
-    own = model.state_dict()
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"{path}: {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor")
-    layers = {int(k.split(".")[1]) for k in sd if re.match(r"blocks\.\d+\.", k)}
-    if layers and len(layers) != config.n_layer:
-        raise ValueError(f"{path}: its config says {config.n_layer} layers, but the weights hold "
-                         f"{len(layers)} (blocks {min(layers)}..{max(layers)})")
-
-    def listed(names):
-        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-    problems = []
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} is {tuple(sd[k].shape)} in the file but {tuple(own[k].shape)} for the config"
-              for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing:
-        problems.append(f"missing {listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {listed(unexpected)}")
-    if shapes:
-        problems.append(listed(shapes))
-    if problems:
-        raise ValueError(f"{path}: the weights do not fit the model its config describes "
-                         f"(L{config.n_layer}-d{config.n_embd}, vocab {config.vocab_size}): "
-                         + "; ".join(problems))
-    model.load_state_dict(sd, strict=True)
-    return model
-
-
 def save_rwkv_lm(model, path):
     """The bare state dict (RWKV-LM v4 format: same keys and shapes), written atomically."""
-    tmp = f"{path}.tmp"
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    save_state_dict(model.state_dict(), path)
 
 
 def save_hf(model, directory):

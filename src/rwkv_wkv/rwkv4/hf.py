@@ -13,8 +13,7 @@ import json
 import os
 import re
 
-import torch
-
+from ..formats import read_hf_tensors as _read_tensors
 from .config import RWKVConfig
 
 CONFIG = "config.json"
@@ -82,51 +81,6 @@ def is_hf_directory(path) -> bool:
             return json.load(f).get("model_type") == "rwkv"
     except (OSError, ValueError):
         return False
-
-
-def _read_tensors(directory):
-    """Every tensor of a save_pretrained directory, by its Hugging Face name. A missing weight
-    file is FileNotFoundError, an unreadable one ValueError, each naming the file."""
-    files = sorted(os.listdir(directory))
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        try:
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{index}: not a readable safetensors index ({type(e).__name__}: {e})") from e
-    else:
-        shards = [f for f in files if f.endswith(".safetensors")]
-    if shards:
-        try:
-            from safetensors.torch import load_file
-        except ImportError as e:
-            raise ImportError("reading safetensors needs the safetensors package: pip install 'rwkv_wkv[hf]'") from e
-        tensors = {}
-        for shard in shards:
-            file = os.path.join(directory, shard)
-            if not os.path.isfile(file):
-                raise FileNotFoundError(f"{file}: named by {os.path.basename(index)} but not there")
-            try:
-                tensors.update(load_file(file))
-            except Exception as e:  # safetensors raises its own SafetensorError (and OSError)
-                raise ValueError(f"{file}: not a readable safetensors file ({type(e).__name__}: {e})") from e
-        return tensors
-    bins = [f for f in files if f.startswith("pytorch_model") and f.endswith(".bin")]
-    if not bins:
-        raise ValueError(f"{directory}: no model.safetensors or pytorch_model.bin next to {CONFIG}")
-    tensors = {}
-    for b in bins:
-        file = os.path.join(directory, b)
-        try:
-            loaded = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"{file}: not a readable PyTorch weight file ({type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{file}: expected a dict of tensors, got {type(loaded).__name__}")
-        tensors.update(loaded)
-    return tensors
 
 
 def _read_config(directory):

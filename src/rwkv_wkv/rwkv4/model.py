@@ -164,6 +164,8 @@ class Block(nn.Module):
 
 
 class RWKV(LanguageModel):
+    generation = 4
+
     def __init__(self, config: RWKVConfig):
         super().__init__()
         self.config = config

@@ -1,0 +1,116 @@
+"""What the checkpoint formats of every generation share: the weights of a Hugging Face
+directory, fitting a state dict into a model with one-line errors, writing a state dict
+atomically, and telling the generations apart by their parameter names."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import torch
+
+
+def generation_of(sd) -> int | None:
+    """7 for an RWKV-7 state dict (RWKV-LM names: ``att.r_k``, ``att.w0``), 4 for RWKV-4
+    (``att.time_decay``), None when neither shows."""
+    keys = [k for k in sd if isinstance(k, str)]
+    if any(k.endswith(".att.r_k") or k.endswith(".att.w0") for k in keys):
+        return 7
+    if any(k.endswith(".att.time_decay") for k in keys):
+        return 4
+    return None
+
+
+def save_state_dict(sd, path):
+    """The tensors of ``sd`` on the CPU, written to ``path`` atomically (a .tmp, then renamed)."""
+    tmp = f"{path}.tmp"
+    torch.save({k: v.detach().cpu() for k, v in sd.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def read_hf_tensors(directory, config_name="config.json"):
+    """Every tensor of a save_pretrained directory, by its Hugging Face name. A missing weight
+    file is FileNotFoundError, an unreadable one ValueError, each naming the file."""
+    files = sorted(os.listdir(directory))
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index}: not a readable safetensors index ({type(e).__name__}: {e})") from e
+    else:
+        shards = [f for f in files if f.endswith(".safetensors")]
+    if shards:
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:
+            raise ImportError("reading safetensors needs the safetensors package: pip install 'rwkv_wkv[hf]'") from e
+        tensors = {}
+        for shard in shards:
+            file = os.path.join(directory, shard)
+            if not os.path.isfile(file):
+                raise FileNotFoundError(f"{file}: named by {os.path.basename(index)} but not there")
+            try:
+                tensors.update(load_file(file))
+            except Exception as e:  # safetensors raises its own SafetensorError (and OSError)
+                raise ValueError(f"{file}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+        return tensors
+    bins = [f for f in files if f.startswith("pytorch_model") and f.endswith(".bin")]
+    if not bins:
+        raise ValueError(f"{directory}: no model.safetensors or pytorch_model.bin next to {config_name}")
+    tensors = {}
+    for b in bins:
+        file = os.path.join(directory, b)
+        try:
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{file}: not a readable PyTorch weight file ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{file}: expected a dict of tensors, got {type(loaded).__name__}")
+        tensors.update(loaded)
+    return tensors
+
+
+
+def build(cls, config, sd, path):
+    """The model of `config` with the weights `sd` from `path`; a mismatch is one ValueError
+    naming the file and what does not fit (instead of load_state_dict's multi-line report)."""
+    other = generation_of(sd)
+    if other is not None and other != cls.generation:
+        raise ValueError(f"{path}: an RWKV-{other} checkpoint, not RWKV-{cls.generation}: load it with "
+                         f"rwkv_wkv.from_checkpoint (any generation)")
+    model = cls(config)
+    own = model.state_dict()
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor")
+    layers = {int(k.split(".")[1]) for k in sd if re.match(r"blocks\.\d+\.", k)}
+    if layers and len(layers) != config.n_layer:
+        raise ValueError(f"{path}: its config says {config.n_layer} layers, but the weights hold "
+                         f"{len(layers)} (blocks {min(layers)}..{max(layers)})")
+
+    def listed(names):
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    problems = []
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} is {tuple(sd[k].shape)} in the file but {tuple(own[k].shape)} for the config"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing:
+        problems.append(f"missing {listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {listed(unexpected)}")
+    if shapes:
+        problems.append(listed(shapes))
+    if problems:
+        raise ValueError(f"{path}: the weights do not fit the model its config describes "
+                         f"(L{config.n_layer}-d{config.n_embd}, vocab {config.vocab_size}): "
+                         + "; ".join(problems))
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
