@@ -19,6 +19,7 @@ models and their checkpoint formats share; ``_library``: the compiled library; `
 import sys as _sys
 
 from ._library import build_info, cpu_isa, cuda_chunk_length, cuda_plan
+from .models import from_checkpoint
 from .rwkv4 import hf as _hf
 from .rwkv4 import model as _model
 from .rwkv4 import ops as _ops
@@ -29,7 +30,6 @@ from .rwkv4.model import RWKV
 from .rwkv4.ops import WKVFunction, wkv, wkv_with_state
 from .rwkv4.state import empty_state
 from .rwkv4.transformers_patch import is_transformers_patched, patch_transformers, unpatch_transformers
-from .models import from_checkpoint
 from .rwkv7.config import RWKV7Config
 from .rwkv7.model import RWKV7
 from .rwkv7.ops import RUN_CUDA_RWKV7g, WKV7Function, wkv7

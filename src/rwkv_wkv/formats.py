@@ -22,6 +22,14 @@ def generation_of(sd) -> int | None:
     return None
 
 
+def check_generation(sd, generation, path):
+    """A one-line ValueError when the state dict ``sd`` (from ``path``) is of another generation."""
+    other = generation_of(sd)
+    if other is not None and other != generation:
+        raise ValueError(f"{path}: an RWKV-{other} checkpoint, not RWKV-{generation}: load it with "
+                         f"rwkv_wkv.from_checkpoint (any generation)")
+
+
 def save_state_dict(sd, path):
     """The tensors of ``sd`` on the CPU, written to ``path`` atomically (a .tmp, then renamed)."""
     tmp = f"{path}.tmp"
@@ -78,10 +86,7 @@ def read_hf_tensors(directory, config_name="config.json"):
 def build(cls, config, sd, path):
     """The model of `config` with the weights `sd` from `path`; a mismatch is one ValueError
     naming the file and what does not fit (instead of load_state_dict's multi-line report)."""
-    other = generation_of(sd)
-    if other is not None and other != cls.generation:
-        raise ValueError(f"{path}: an RWKV-{other} checkpoint, not RWKV-{cls.generation}: load it with "
-                         f"rwkv_wkv.from_checkpoint (any generation)")
+    check_generation(sd, cls.generation, path)
     model = cls(config)
     own = model.state_dict()
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]

@@ -21,7 +21,7 @@ import torch
 
 from .. import checkpoint as trainer_checkpoint
 from ..errors import first_line
-from ..formats import build, read_hf_tensors, save_state_dict
+from ..formats import build, check_generation, read_hf_tensors, save_state_dict
 from .config import RWKV7Config
 
 CONFIG = "config.json"
@@ -242,6 +242,7 @@ def load(cls, path, map_location="cpu", ctx_len=None):
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first_line(e)})") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    check_generation(obj, 7, path)
     try:
         config = config_from_state_dict(obj, ctx_len or 1024)
     except (ValueError, AttributeError, IndexError, TypeError) as e:
