@@ -102,7 +102,7 @@ def test_hf_directory_brings_its_tokenizer(tmp_path, capsys):
     ("junk", "not a readable checkpoint"),
     ("empty_prompt", "--prompt is empty"),
     ("no_tokenizer", "give its tokenizer"),
-    ("bad_tokenizer", "neither 'bytes' nor a tokenizer.json"),
+    ("bad_tokenizer", "is neither 'bytes', 'world', a World vocabulary"),
 ])
 def test_clear_errors(tmp_path, capsys, case, message):
     _, path = _byte_model(tmp_path)

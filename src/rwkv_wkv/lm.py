@@ -70,12 +70,15 @@ class LanguageModel(nn.Module):
     def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
                  cuda_graph=True, stream=None, vocab_limit=None):
         """Samples continuations. prompt_ids: (B, T) or (T,) ids (T >= 1; B prompts of one
-        length). The prompt runs in GPT mode (one call, logits of its last position only), then
-        each new token costs one RNN step, updating one state tensor in place; on CUDA that step
-        is captured once as a CUDA graph and replayed (``cuda_graph=False`` to run it eagerly).
-        ``stream``: called with each new (B,) tensor of ids as it is sampled. ``vocab_limit``:
-        only ids below it are ever produced (a tokenizer smaller than the model's padded
-        vocabulary cannot decode the rest). Returns (B, T + new)."""
+        length), or a list of B prompts of any lengths (each runs its own prefill; the states are
+        then stacked and decoded together: an RNN's state does not care how long its prompt was).
+        A prompt runs in GPT mode (one call, logits of its last position only), then each new token
+        costs one RNN step for the whole batch, updating one state tensor in place; on CUDA that
+        step is captured once as a CUDA graph and replayed (``cuda_graph=False`` to run it
+        eagerly). ``stream``: called with each new (B,) tensor of ids as it is sampled.
+        ``vocab_limit``: only ids below it are ever produced (a tokenizer smaller than the model's
+        padded vocabulary cannot decode the rest). Returns (B, T + new), or for a list of prompts
+        of different lengths a list of B 1-D tensors (prompt + new)."""
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_p is not None and not 0 < top_p <= 1:
@@ -84,19 +87,29 @@ class LanguageModel(nn.Module):
             raise ValueError(f"vocab_limit must be in [1, {self.config.vocab_size}], got {vocab_limit}")
         if vocab_limit == self.config.vocab_size:
             vocab_limit = None
-        idx = torch.as_tensor(prompt_ids, device=self.emb.weight.device)
-        squeeze = idx.dim() == 1
+        device = self.emb.weight.device
+        ragged = (isinstance(prompt_ids, (list, tuple)) and len(prompt_ids) > 0
+                  and all(isinstance(p, (list, tuple, torch.Tensor)) for p in prompt_ids)
+                  and len({len(p) for p in prompt_ids}) > 1)
+        prompts = [torch.as_tensor(p, device=device).view(1, -1) for p in prompt_ids] if ragged else None
+        idx = None if ragged else torch.as_tensor(prompt_ids, device=device)
+        squeeze = not ragged and idx.dim() == 1
         idx = idx.view(1, -1) if squeeze else idx
-        if idx.dim() != 2 or idx.shape[1] < 1:
-            raise ValueError("the prompt must hold at least one token, as (T,) or (B, T) ids")
-        gen = torch.Generator(device=idx.device)
+        if ragged and any(p.shape[1] < 1 for p in prompts) or not ragged and (idx.dim() != 2 or idx.shape[1] < 1):
+            raise ValueError("the prompt must hold at least one token, as (T,) or (B, T) ids, or a list of prompts")
+        gen = torch.Generator(device=device)
         gen.manual_seed(seed if seed is not None else torch.seed())
-        logits, _, state = self.forward(idx, state=None, return_state=True, last_only=True)
-        logits = logits[:, -1]
-        step = self._graphed_step(state) if cuda_graph and idx.device.type == "cuda" else None
-        out = [idx]
+        if ragged:
+            runs = [self.forward(p, state=None, return_state=True, last_only=True) for p in prompts]
+            logits = torch.cat([r[0][:, -1] for r in runs])
+            state = torch.cat([r[2] for r in runs])
+        else:
+            logits, _, state = self.forward(idx, state=None, return_state=True, last_only=True)
+            logits = logits[:, -1]
+        step = self._graphed_step(state) if cuda_graph and device.type == "cuda" else None
+        out = [idx] if not ragged else []
         # ids the caller's tokenizer cannot decode are never sampled
-        beyond = None if vocab_limit is None else torch.arange(self.config.vocab_size, device=idx.device) >= vocab_limit
+        beyond = None if vocab_limit is None else torch.arange(self.config.vocab_size, device=device) >= vocab_limit
         for i in range(max_new_tokens):
             logits = logits.float()
             if beyond is not None:
@@ -109,6 +122,8 @@ class LanguageModel(nn.Module):
                 break
             logits = step(nxt) if step is not None else self.step_(nxt, state)
         result = torch.cat(out, dim=1)
+        if ragged:
+            return [torch.cat([p[0], row]) for p, row in zip(prompts, result)]
         return result[0] if squeeze else result
 
     def _graphed_step(self, state):
