@@ -1,6 +1,9 @@
-"""Train an RWKV-4 language model from scratch, resume it, or fine-tune any checkpoint.
+"""Train an RWKV-4 or RWKV-7 language model from scratch, resume it, fine-tune any checkpoint, or
+tune only an RWKV-7 model's initial state.
 
     python -m rwkv_wkv.train                                  # demo: built-in corpus, minutes on a CPU
+    python -m rwkv_wkv.train --generation 7                   # the same with an RWKV-7
+    python -m rwkv_wkv.train --init-from RWKV-x070-World-0.1B.pth --data chats.jsonl --state-tune
     python -m rwkv_wkv.train --data enwik8 --preset rwkv-lm --device cuda
     python -m rwkv_wkv.train --resume                         # continue exactly where it stopped
     python -m rwkv_wkv.train --init-from rwkv-4-169m-pile/ --data my_text/ --save-hf
@@ -11,9 +14,13 @@
 seed, rwkv-lm (RWKV-LM's enwik8 L6-D512) and finetune (the default with --init-from); every
 field can be overridden.
 
-Model: --init-from a Hugging Face RWKV directory (its tokenizer.json is used unless --tokenizer
-says otherwise), an RWKV-LM .pth or one of this trainer's checkpoints; the shape comes from it
-(--ctx-len still applies). Without it a new model (--n-layer, --n-embd).
+Model: --init-from any checkpoint the package loads, RWKV-4 or RWKV-7 (an RWKV-LM .pth, a
+Hugging Face directory — its tokenizer.json is used unless --tokenizer says otherwise — or one
+of this trainer's checkpoints); the generation and shape come from it (--ctx-len still applies).
+Without it a new model (--generation 4 or 7, --n-layer, --n-embd, --head-size for RWKV-7).
+--state-tune (RWKV-7, with --init-from): trains only the initial WKV state of every layer (the
+op's state gradient makes it exact); the result is out-dir/state.pth, which generation loads
+with --state (the model itself is unchanged and not rewritten).
 Data (--data): omitted, Python's own documentation (pydoc_data.topics, offline); 'enwik8', the
 literature's 90M/5M/5M byte split (data/enwik8 or .zip, downloaded with a checksum check if
 missing); any single file, byte for byte, split 90/5/5. With --tokenizer TOKENIZER.json, or a
@@ -51,9 +58,8 @@ from tqdm import tqdm
 from . import checkpoint
 from .data import sample_batch, unigram_entropy_bits
 from .errors import ArgumentParser, UsageError, run_command
-from .rwkv4.config import RWKVConfig
-from .rwkv4.model import RWKV
-from .tokenizer import tokenizer_for
+from .models import from_checkpoint, new_model
+from .tokenizer import WORLD_VOCAB, is_world_vocab, tokenizer_for
 from .tokens import load_data
 from .training import (
     all_reduce_sum,
@@ -103,9 +109,15 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default="out/enwik8", help="checkpoints, logs, plot, sample (default: out/enwik8)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="continue from --out-dir/ckpt (or the given checkpoint directory)")
+    p.add_argument("--generation", type=int, choices=(4, 7), default=None,
+                   help="RWKV generation of a new model (default 4; --init-from: the checkpoint's)")
+    p.add_argument("--state-tune", action="store_true",
+                   help="RWKV-7 with --init-from: train only the initial WKV state (writes out-dir/state.pth)")
     g = p.add_argument_group("overrides of the preset")
     g.add_argument("--n-layer", type=int, help="a new model only")
     g.add_argument("--n-embd", type=int, help="a new model only")
+    g.add_argument("--head-size", type=int, default=None,
+                   help="a new RWKV-7 model only (default 64, or n_embd if smaller)")
     g.add_argument("--ctx-len", type=int, help="training window")
     g.add_argument("--batch-size", type=int, help="windows per micro-batch per process")
     g.add_argument("--lr", type=float, help="peak learning rate")
@@ -165,6 +177,11 @@ def check_args(a):
         (a.test_tokens is None or a.test_tokens >= 1, f"--test-tokens must be >= 1, got {a.test_tokens}"),
         (a.sample_len >= 0, f"--sample-len must be >= 0, got {a.sample_len}"),
         (a.grad_clip >= 0, f"--grad-clip must be >= 0, got {a.grad_clip}"),
+        (not a.state_tune or a.init_from is not None,
+         "--state-tune tunes the initial state of a trained model: give it with --init-from"),
+        (a.generation is None or a.init_from is None,
+         "--generation is for a new model; --init-from's generation comes from the checkpoint"),
+        (a.head_size is None or a.head_size >= 1, f"--head-size must be >= 1, got {a.head_size}"),
         (a.weight_decay >= 0, f"--weight-decay must be >= 0, got {a.weight_decay}"),
         (
             not a.fsdp or "RANK" in os.environ,
@@ -197,14 +214,31 @@ def train(argv=None):
         cleanup(world)
 
 
+def model_shape(a):
+    """The fields of a new model's config beyond the common ones (RWKV-7: the head size)."""
+    if (a.generation or 4) == 4:
+        if a.head_size is not None:
+            raise UsageError("--head-size is for RWKV-7 (--generation 7)")
+        return {}
+    head = a.head_size or min(64, a.n_embd)
+    if a.n_embd % head:
+        raise UsageError(f"--n-embd {a.n_embd} must be a multiple of --head-size {head} (RWKV-7)")
+    return {"head_size": head}
+
+
 def load_model(a):
     """(the model from --init-from on the CPU, or None for a new one; its tokenizer)."""
     if a.init_from is None:
         return None, tokenizer_for(a.tokenizer, None)
     try:
-        model = RWKV.from_checkpoint(a.init_from, ctx_len=a.ctx_len)
+        model = from_checkpoint(a.init_from, ctx_len=a.ctx_len)
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise UsageError(f"--init-from: {e}") from e
+    if a.state_tune:
+        if model.generation != 7:
+            raise UsageError(f"--state-tune: {a.init_from} is an RWKV-{model.generation} model; state tuning is for "
+                             "RWKV-7 (its state is a matrix per head)")
+        model.enable_state_tuning()
     return model, tokenizer_for(a.tokenizer, a.init_from, model.config.vocab_size)
 
 
@@ -249,8 +283,8 @@ def _train(a, rank, world, device):
     on_meta = model is None and a.fsdp  # FSDP from scratch: no rank ever holds the whole model
     if model is None:
         with torch.device("meta") if on_meta else contextlib.nullcontext():
-            model = RWKV(RWKVConfig(vocab_size=corpus.vocab_size, n_layer=a.n_layer, n_embd=a.n_embd,
-                                    ctx_len=a.ctx_len or 256))
+            model = new_model(a.generation or 4, vocab_size=corpus.vocab_size, n_layer=a.n_layer,
+                              n_embd=a.n_embd, ctx_len=a.ctx_len or 256, **model_shape(a))
     config = model.config
     ctx_len = config.ctx_len
     if len(corpus.train) < ctx_len + 2 or len(corpus.val) < 2:
@@ -302,8 +336,11 @@ def _train(a, rank, world, device):
     autocast = contextlib.nullcontext
     if device.type == "cuda" and not a.no_autocast and not a.fsdp:  # FSDP: its bf16 policy
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
-    say(f"model: {model.num_params() / 1e6:.2f}M parameters, L{config.n_layer}-d{config.n_embd}, vocab "
-        f"{config.vocab_size}, ctx {ctx_len}; {world} process(es){' (FSDP2)' if a.fsdp else ''} x batch "
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tuned = f" (state tuning: {trainable:,} trainable)" if a.state_tune else ""
+    say(f"model: RWKV-{model.generation}, {model.num_params() / 1e6:.2f}M parameters{tuned}, "
+        f"L{config.n_layer}-d{config.n_embd}, vocab {config.vocab_size}, ctx {ctx_len}; {world} process(es)"
+        f"{' (FSDP2)' if a.fsdp else ''} x batch "
         f"{a.batch_size} x accum {a.grad_accum} on {device}")
     if master:
         out.mkdir(parents=True, exist_ok=True)
@@ -393,20 +430,28 @@ def finish(a, model, train_model, corpus, tokenizer, config, records, step, auto
     result = {"records": records, "test_bpb": test_bpb}
     if rank != 0:
         return result
-    final = RWKV(config)
+    final = type(model)(config)
+    if a.state_tune:
+        final.enable_state_tuning()
     final.load_state_dict(full)
     result["model"] = final
-    final.save_rwkv_lm(out / "model.pth")
-    written = "ckpt/, log.jsonl, loss.png, model.pth"
-    if a.save_hf:
+    if a.state_tune:  # the model is what --init-from holds; what was trained is the state
+        final.save_tuned_state(out / "state.pth")
+        written = "ckpt/, log.jsonl, loss.png, state.pth"
+    else:
+        final.save_rwkv_lm(out / "model.pth")
+        written = "ckpt/, log.jsonl, loss.png, model.pth"
+    if a.save_hf and not a.state_tune:
         final.save_hf(out / "hf")
-        if corpus.tokenizer != "bytes":
-            shutil.copyfile(corpus.tokenizer, out / "hf" / "tokenizer.json")
+        if corpus.tokenizer != "bytes":  # a tokenizer.json, or a World vocabulary under its own name
+            name = "tokenizer.json" if not is_world_vocab(corpus.tokenizer) else WORLD_VOCAB
+            shutil.copyfile(corpus.tokenizer, out / "hf" / name)
         written += ", hf/"
     if a.sample_len:
         result["sample"] = write_sample(a, model if not a.fsdp else final, corpus, tokenizer, say)
         written += ", sample.txt"
-    plot_log(records, out / "loss.png", f"RWKV-4 training ({corpus.name})")
+    what = "state tuning" if a.state_tune else "training"
+    plot_log(records, out / "loss.png", f"RWKV-{model.generation} {what} ({corpus.name})")
     log = {"step": step, "test_bpb": test_bpb, "test_bytes": test_bytes}
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps(log) + "\n")
