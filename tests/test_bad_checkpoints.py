@@ -259,7 +259,7 @@ BAD_ARGS = {
     "device tpu": (["--device", "xla"], "--device must be cpu or cuda"),
     "unknown dtype": (["--dtype", "fp8"], "argument --dtype: invalid choice"),
     "empty prompt": (["--prompt", ""], "--prompt is empty"),
-    "tokenizer file missing": (["--tokenizer", "/nonexistent/tokenizer.json"], "neither 'bytes' nor a tokenizer.json"),
+    "tokenizer file missing": (["--tokenizer", "/nonexistent/tokenizer.json"], "is neither 'bytes', 'world'"),
     "unknown option": (["--beam-width", "4"], "unrecognized arguments"),
 }
 
