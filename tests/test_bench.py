@@ -148,3 +148,20 @@ def test_bench_wkv7_runs(tmp_path, capsys):
         bench.main(["--shapes", "2x40x2"])
     with pytest.raises(bench.UsageError, match="--device"):
         bench.main(["--device", "cuda" if not torch.cuda.is_available() else "tpu"])
+
+
+def test_bench_model7_runs(tmp_path, capsys):
+    """The RWKV-7 model benchmark on a tiny shape: validated against ChatRWKV where installed."""
+    spec = importlib.util.spec_from_file_location("bench_model7", ROOT / "benchmarks" / "bench_model7.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "m7.json"
+    bench.main(["--shapes", "L1-d64", "--head-size", "32", "--vocab", "50", "--prefill", "8", "--tokens", "2",
+                "--repeats", "1", "--train-ctx", "8", "--train-steps", "1", "--json", str(out)])
+    (rec,) = json.loads(out.read_text())
+    assert rec["ours_token_ms"] > 0 and rec["ours_prefill_s"] > 0 and rec["floor_token_ms"] > 0
+    assert rec["ours_train_tok_s"] > 0 and rec["naive_train_tok_s"] > 0
+    if importlib.util.find_spec("rwkv") is not None:
+        assert rec["max_rel_diff_vs_chatrwkv"] < 1e-3 and rec["chatrwkv_token_ms"] > 0
+    printed = capsys.readouterr().out
+    assert "| L1-d64" in printed and "naive loop over T" in printed

@@ -25,10 +25,13 @@ def test_ops_are_registered():
 def test_package_names():
     from rwkv_wkv import (  # noqa: F401
         RWKV,
+        RWKV7,
+        RWKV7Config,
         RWKVConfig,
         WKVFunction,
         build_info,
         empty_state,
+        from_checkpoint,
         patch_transformers,
         reference,
         wkv,
@@ -46,7 +49,7 @@ def test_old_module_paths_are_the_new_modules(old, new):
 
 
 def test_old_names_in_old_modules():
-    from rwkv_wkv.model import RWKV, RWKVConfig, decode_bytes, encode_bytes, sample  # noqa: F401
+    from rwkv_wkv.model import RWKV, L2Wrap, RWKVConfig, decode_bytes, encode_bytes, sample  # noqa: F401
     from rwkv_wkv.ops import WKVFunction, empty_state, wkv, wkv_with_state  # noqa: F401
     from rwkv_wkv.reference import EMPTY_EXPONENT, wkv_exact, wkv_naive  # noqa: F401
 

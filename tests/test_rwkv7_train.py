@@ -164,6 +164,7 @@ def test_state_tuning_resume_is_bit_identical(scratch, tmp_path, corpus_file):
 @pytest.mark.parametrize("extra,message", [
     (["--state-tune"], "--state-tune tunes the initial state of a trained model: give it with --init-from"),
     (["--head-size", "16"], "--head-size is for RWKV-7"),
+    (["--state-tune", "--init-from", "x.pth", "--save-hf"], "--save-hf writes the model, which --state-tune"),
     (["--generation", "7", "--n-embd", "40", "--head-size", "16"], "must be a multiple of --head-size 16"),
 ])
 def test_bad_settings(tmp_path, corpus_file, extra, message):

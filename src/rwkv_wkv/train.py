@@ -58,7 +58,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .data import sample_batch, unigram_entropy_bits
 from .errors import ArgumentParser, UsageError, run_command
-from .models import from_checkpoint, new_model
+from .models import MODELS, from_checkpoint, new_model
 from .tokenizer import WORLD_VOCAB, is_world_vocab, tokenizer_for
 from .tokens import load_data
 from .training import (
@@ -177,6 +177,8 @@ def check_args(a):
         (a.test_tokens is None or a.test_tokens >= 1, f"--test-tokens must be >= 1, got {a.test_tokens}"),
         (a.sample_len >= 0, f"--sample-len must be >= 0, got {a.sample_len}"),
         (a.grad_clip >= 0, f"--grad-clip must be >= 0, got {a.grad_clip}"),
+        (not (a.state_tune and a.save_hf),
+         "--save-hf writes the model, which --state-tune leaves unchanged (it writes state.pth)"),
         (not a.state_tune or a.init_from is not None,
          "--state-tune tunes the initial state of a trained model: give it with --init-from"),
         (a.generation is None or a.init_from is None,
@@ -430,7 +432,7 @@ def finish(a, model, train_model, corpus, tokenizer, config, records, step, auto
     result = {"records": records, "test_bpb": test_bpb}
     if rank != 0:
         return result
-    final = type(model)(config)
+    final = MODELS[model.generation](config)  # (not type(model): FSDP2 swaps in a class of its own)
     if a.state_tune:
         final.enable_state_tuning()
     final.load_state_dict(full)
