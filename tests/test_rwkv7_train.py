@@ -1,6 +1,6 @@
-"""RWKV-7 in the one trainer (from scratch, exact resume, gradient accumulation, activation
-checkpointing, FSDP2, fine-tuning) and state tuning; the World tokenizer; the generate CLI on
-RWKV-7 (greedy = model.generate, a tuned state, batched prompts)."""
+"""RWKV-7 in the one trainer (from scratch, exact resume, gradient accumulation, FSDP2,
+fine-tuning; activation checkpointing: tests/test_finetune.py) and state tuning; the World
+tokenizer; the generate CLI on RWKV-7 (greedy = model.generate, a tuned state, batched prompts)."""
 
 from __future__ import annotations
 
@@ -74,24 +74,6 @@ def test_rwkv7_grad_accum_equals_bigger_batch(tmp_path, corpus_file):
     la = [r["train_loss"] for r in one["records"] if "train_loss" in r]
     lb = [r["train_loss"] for r in acc["records"] if "train_loss" in r]
     assert np.allclose(la, lb, rtol=1e-5, atol=0), (la, lb)
-
-
-def test_rwkv7_grad_checkpoint_gives_the_same_gradients():
-    torch.manual_seed(0)
-    model = RWKV7(RWKV7Config(vocab_size=64, n_layer=3, n_embd=32, head_size=16, ctx_len=16)).train()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    idx = torch.randint(0, 64, (2, 16))
-    grads = []
-    for recompute in (False, True):
-        model.grad_checkpoint = recompute
-        model.zero_grad()
-        _, loss = model(idx, idx)
-        loss.backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
-    for n in grads[0]:
-        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-8)
 
 
 def test_rwkv7_fsdp_two_ranks_equal_one_rank(tmp_path, corpus_file):
@@ -282,3 +264,25 @@ def test_generate_with_a_tuned_state(model7, tmp_path, capsys):
     assert capsys.readouterr().out == streamed(want) + "\n"
     assert generate_main([str(path), "--prompt", "hi", "--state", str(tmp_path / "nope.pth")]) == 2
     assert "error: --state: state file not found" in capsys.readouterr().err
+
+
+def test_state_tune_a_world_model_on_token_data(world, tmp_path):
+    """The advertised use: a World-vocabulary RWKV-7, chat documents in a .jsonl, the World
+    tokenizer (documents tokenized into the cache), state tuning; generation reads the state."""
+    torch.manual_seed(0)
+    model = RWKV7(RWKV7Config(vocab_size=65536, n_layer=1, n_embd=32, head_size=16))
+    model.save_rwkv_lm(tmp_path / "world.pth")
+    rng = np.random.default_rng(0)
+    words = ["User:", "Assistant:", "hello", "state", "tuning", "你好", "RWKV", "goose"]
+    docs = [{"text": " ".join(words[i] for i in rng.integers(0, len(words), 30))} for _ in range(300)]
+    (tmp_path / "chats.jsonl").write_text("\n".join(json.dumps(d, ensure_ascii=False) for d in docs))
+    result = train(["--init-from", str(tmp_path / "world.pth"), "--tokenizer", str(world.path), "--data",
+                    str(tmp_path / "chats.jsonl"), "--cache-dir", str(tmp_path / "cache"), "--state-tune",
+                    "--out-dir", str(tmp_path / "tune"), "--max-steps", "4", "--lr", "1e-2", "--ctx-len", "16",
+                    "--batch-size", "2", "--eval-interval", "2", "--ckpt-interval", "2", "--eval-tokens", "256",
+                    "--test-tokens", "256", "--sample-len", "4", "--device", "cpu"])
+    assert (tmp_path / "tune" / "state.pth").is_file() and result["model"].initial_state.abs().max() > 0
+    assert list((tmp_path / "cache").glob("*.tokens"))  # tokenized once, into the cache
+    assert generate_main([str(tmp_path / "world.pth"), "--tokenizer", "world", "--state",
+                          str(tmp_path / "tune" / "state.pth"), "--prompt", "User: hello", "--max-new-tokens", "3",
+                          "--device", "cpu", "--seed", "0"]) == 0

@@ -30,6 +30,49 @@ def check_generation(sd, generation, path):
                          f"rwkv_wkv.from_checkpoint (any generation)")
 
 
+def hf_model_type(directory):
+    """The model_type of ``directory``'s config.json (None if there is none or it is unreadable)."""
+    try:
+        with open(os.path.join(directory, "config.json")) as f:
+            cfg = json.load(f)
+        return cfg.get("model_type") if isinstance(cfg, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def read_hf_config(directory, model_types, what):
+    """``directory``'s config.json, checked: a dict whose model_type is one of ``model_types`` and
+    whose vocab_size / hidden_size / num_hidden_layers are positive integers; else one ValueError
+    line naming the file (``what``: the kind of config expected, for the message)."""
+    path = os.path.join(directory, "config.json")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({type(e).__name__}: {e})") from e
+    if not isinstance(cfg, dict) or cfg.get("model_type") not in model_types:
+        got = cfg.get("model_type") if isinstance(cfg, dict) else type(cfg).__name__
+        raise ValueError(f"{path}: not {what} config (model_type {got!r}, expected {model_types[0]!r})")
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
+        if key not in cfg:
+            raise ValueError(f"{path}: has no {key!r}")
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise ValueError(f"{path}: {key!r} must be a positive integer, got {cfg[key]!r}")
+    return cfg
+
+
+def config_from_dict(config_cls, path, cfg, ctx_len, what):
+    """``config_cls(**cfg)`` (a trainer checkpoint's config), ctx_len overriding; a config that
+    does not fit is one ValueError line naming ``path``."""
+    cfg = dict(cfg)
+    if ctx_len is not None:
+        cfg["ctx_len"] = ctx_len
+    try:
+        return config_cls(**cfg)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its config does not describe an {what} model ({e})") from e
+
+
 def save_state_dict(sd, path):
     """The tensors of ``sd`` on the CPU, written to ``path`` atomically (a .tmp, then renamed)."""
     tmp = f"{path}.tmp"

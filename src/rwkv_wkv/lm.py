@@ -33,6 +33,20 @@ class LanguageModel(nn.Module):
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size}), got range "
                              f"[{int(idx.min())}, {int(idx.max())}]")
 
+    def output(self, x, targets, last_only, new_states=None):
+        """The end of GPT mode for the last block's output x (B, T, C): (logits, loss or None), and
+        the state (the layers' new states stacked on dim 1) when ``new_states`` is given.
+        ``last_only``: the last position's logits only (the head is the largest matrix)."""
+        if last_only:
+            if targets is not None:
+                raise ValueError("last_only=True gives no loss: pass targets=None")
+            x = x[:, -1:]
+        logits = self.head(self.ln_out(x))
+        loss = None if targets is None else self.lm_loss(logits, targets)
+        if new_states is not None:
+            return logits, loss, torch.stack(new_states, dim=1)
+        return logits, loss
+
     def lm_loss(self, logits, targets):
         """Cross entropy in at least float32 (16-bit logits are upcast; a float64 model keeps
         float64), with RWKV-LM's L2Wrap while training (config.l2wrap)."""

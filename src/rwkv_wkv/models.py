@@ -16,7 +16,7 @@ import os
 import torch
 
 from . import checkpoint as trainer_checkpoint
-from .formats import generation_of
+from .formats import generation_of, hf_model_type
 from .rwkv4.config import RWKVConfig
 from .rwkv4.model import RWKV
 from .rwkv7 import checkpoints as checkpoints7
@@ -37,7 +37,7 @@ def generation_of_checkpoint(path) -> int:
             except (ValueError, KeyError):
                 return 4
             return 7 if config.get("generation") == 7 else 4
-        return 7 if checkpoints7.hf_model_type(path) in checkpoints7.HF_MODEL_TYPES else 4
+        return 7 if hf_model_type(path) in checkpoints7.HF_MODEL_TYPES else 4
     if os.path.isfile(path):
         try:  # memory-mapped: the names only, not the weights' bytes (the loader reads them)
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -20,7 +20,7 @@ import torch
 from .. import checkpoint as trainer_checkpoint
 from ..errors import first_line
 from ..formats import build as _build
-from ..formats import save_state_dict
+from ..formats import config_from_dict, save_state_dict
 from . import hf
 from .config import RWKVConfig
 
@@ -37,13 +37,7 @@ def config_from_state_dict(sd, ctx_len=1024) -> RWKVConfig:
 
 
 def _config(path, cfg, ctx_len):
-    cfg = dict(cfg)
-    if ctx_len is not None:
-        cfg["ctx_len"] = ctx_len
-    try:
-        return RWKVConfig(**cfg)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: its config does not describe an RWKV-4 model ({e})") from e
+    return config_from_dict(RWKVConfig, path, cfg, ctx_len, "RWKV-4")
 
 
 def load(cls, path, map_location="cpu", ctx_len=None):

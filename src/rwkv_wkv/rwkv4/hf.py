@@ -13,6 +13,7 @@ import json
 import os
 import re
 
+from ..formats import hf_model_type, read_hf_config
 from ..formats import read_hf_tensors as _read_tensors
 from .config import RWKVConfig
 
@@ -72,34 +73,13 @@ def _from_hf_name(name: str) -> str | None:
 
 
 def is_hf_directory(path) -> bool:
-    """A directory holding a Hugging Face RWKV config.json."""
-    cfg = os.path.join(path, CONFIG)
-    if not (os.path.isdir(path) and os.path.isfile(cfg)):
-        return False
-    try:
-        with open(cfg) as f:
-            return json.load(f).get("model_type") == "rwkv"
-    except (OSError, ValueError):
-        return False
+    """A directory holding a Hugging Face RWKV(-4) config.json."""
+    return os.path.isdir(path) and hf_model_type(path) == "rwkv"
 
 
 def _read_config(directory):
     """The RWKV config.json of `directory`, checked; ValueError naming the file otherwise."""
-    path = os.path.join(directory, CONFIG)
-    try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable JSON file ({type(e).__name__}: {e})") from e
-    if not isinstance(cfg, dict) or cfg.get("model_type") != "rwkv":
-        got = cfg.get("model_type") if isinstance(cfg, dict) else type(cfg).__name__
-        raise ValueError(f"{path}: not a Hugging Face RWKV config (model_type {got!r}, expected 'rwkv')")
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
-        if key not in cfg:
-            raise ValueError(f"{path}: has no {key!r}")
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
-            raise ValueError(f"{path}: {key!r} must be a positive integer, got {cfg[key]!r}")
-    return cfg
+    return read_hf_config(directory, ("rwkv",), "a Hugging Face RWKV")
 
 
 def load_hf(directory, ctx_len=None):

@@ -21,7 +21,7 @@ import torch
 
 from .. import checkpoint as trainer_checkpoint
 from ..errors import first_line
-from ..formats import build, check_generation, read_hf_tensors, save_state_dict
+from ..formats import build, check_generation, config_from_dict, read_hf_config, read_hf_tensors, save_state_dict
 from .config import RWKV7Config
 
 CONFIG = "config.json"
@@ -116,32 +116,11 @@ def save_hf(model, directory):
         json.dump(config, f, indent=2)
 
 
-def hf_model_type(directory):
-    """The model_type of the directory's config.json (None if there is none or it is unreadable)."""
-    try:
-        with open(os.path.join(directory, CONFIG)) as f:
-            cfg = json.load(f)
-        return cfg.get("model_type") if isinstance(cfg, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
 def _read_config(directory):
-    path = os.path.join(directory, CONFIG)
-    try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable JSON file ({type(e).__name__}: {e})") from e
-    if not isinstance(cfg, dict) or cfg.get("model_type") not in HF_MODEL_TYPES:
-        got = cfg.get("model_type") if isinstance(cfg, dict) else type(cfg).__name__
-        raise ValueError(f"{path}: not an fla RWKV-7 config (model_type {got!r}, expected 'rwkv7')")
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers"):
-        if not isinstance(cfg.get(key), int) or isinstance(cfg[key], bool) or cfg[key] < 1:
-            raise ValueError(f"{path}: {key!r} must be a positive integer, got {cfg.get(key)!r}")
+    cfg = read_hf_config(directory, HF_MODEL_TYPES, "an fla RWKV-7")
     if cfg.get("attn"):
-        raise ValueError(f"{path}: a hybrid model (its 'attn' puts softmax attention in some layers); "
-                         "only pure RWKV-7 is supported")
+        raise ValueError(f"{os.path.join(directory, CONFIG)}: a hybrid model (its 'attn' puts softmax attention in "
+                         "some layers); only pure RWKV-7 is supported")
     return cfg
 
 
@@ -209,13 +188,7 @@ def _from_fla(name, t, shape):
 
 # ---- loading any of them -----------------------------------------------------------------------
 def _config(path, cfg, ctx_len):
-    cfg = dict(cfg)
-    if ctx_len is not None:
-        cfg["ctx_len"] = ctx_len
-    try:
-        return RWKV7Config(**cfg)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: its config does not describe an RWKV-7 model ({e})") from e
+    return config_from_dict(RWKV7Config, path, cfg, ctx_len, "RWKV-7")
 
 
 def load(cls, path, map_location="cpu", ctx_len=None):

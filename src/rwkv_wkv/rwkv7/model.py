@@ -333,15 +333,7 @@ class RWKV7(LanguageModel):
             else:
                 x, v_first, s = block(x, v_first, block_state)
             new_states.append(s)
-        if last_only:
-            if targets is not None:
-                raise ValueError("last_only=True gives no loss: pass targets=None")
-            x = x[:, -1:]
-        logits = self.head(self.ln_out(x))
-        loss = None if targets is None else self.lm_loss(logits, targets)
-        if return_state:
-            return logits, loss, torch.stack(new_states, dim=1)
-        return logits, loss
+        return self.output(x, targets, last_only, new_states if return_state else None)
 
     # ---- RNN mode ----------------------------------------------------------------------------
     def init_state(self, batch_size: int, device=None):
