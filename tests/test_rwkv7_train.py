@@ -271,6 +271,9 @@ def test_state_tune_a_world_model_on_token_data(world, tmp_path):
     tokenizer (documents tokenized into the cache), state tuning; generation reads the state."""
     torch.manual_seed(0)
     model = RWKV7(RWKV7Config(vocab_size=65536, n_layer=1, n_embd=32, head_size=16))
+    with torch.no_grad():  # as a trained model (a new one's zero output projection hides the state)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
     model.save_rwkv_lm(tmp_path / "world.pth")
     rng = np.random.default_rng(0)
     words = ["User:", "Assistant:", "hello", "state", "tuning", "你好", "RWKV", "goose"]
