@@ -51,8 +51,10 @@ def test_rwkv7_from_scratch_learns(scratch):
     assert vals[-1] < vals[0] - 2.0, vals
     model = rwkv_wkv.from_checkpoint(out / "model.pth")
     assert isinstance(model, RWKV7) and model.config.head_size == 16 and model.config.n_layer == 2
-    # the trainer's checkpoint loads too, as the same model
+    # the trainer's checkpoint loads too, as the same model; as RWKV-4 it is refused in one line
     from_ckpt = rwkv_wkv.from_checkpoint(out / "ckpt")
+    with pytest.raises(ValueError, match="an RWKV-7 checkpoint, not RWKV-4: load it with rwkv_wkv.from_checkpoint"):
+        rwkv_wkv.RWKV.from_checkpoint(out / "ckpt")
     assert isinstance(from_ckpt, RWKV7)
     for k, v in model.state_dict().items():
         assert torch.equal(v, from_ckpt.state_dict()[k]), k
@@ -289,3 +291,14 @@ def test_state_tune_a_world_model_on_token_data(world, tmp_path):
     assert generate_main([str(tmp_path / "world.pth"), "--tokenizer", "world", "--state",
                           str(tmp_path / "tune" / "state.pth"), "--prompt", "User: hello", "--max-new-tokens", "3",
                           "--device", "cpu", "--seed", "0"]) == 0
+
+
+def test_rwkv4_trainer_checkpoint_is_refused_by_rwkv7(tmp_path, corpus_file):
+    args = run_args(corpus_file, tmp_path / "four", 2)
+    args[args.index("--generation") + 1] = "4"
+    args.remove("--head-size")
+    args.remove("16")
+    train(args)
+    assert isinstance(rwkv_wkv.from_checkpoint(tmp_path / "four" / "ckpt"), rwkv_wkv.RWKV)
+    with pytest.raises(ValueError, match="an RWKV-4 checkpoint, not RWKV-7"):
+        RWKV7.from_checkpoint(tmp_path / "four" / "ckpt")

@@ -61,16 +61,21 @@ def read_hf_config(directory, model_types, what):
     return cfg
 
 
-def config_from_dict(config_cls, path, cfg, ctx_len, what):
-    """``config_cls(**cfg)`` (a trainer checkpoint's config), ctx_len overriding; a config that
-    does not fit is one ValueError line naming ``path``."""
+def config_from_dict(config_cls, path, cfg, ctx_len, generation):
+    """``config_cls(**cfg)`` (a trainer checkpoint's config, whose "generation" is 7 for RWKV-7 and
+    absent for RWKV-4), ctx_len overriding; a config of another generation, or one that does not
+    fit, is one ValueError line naming ``path``."""
+    other = cfg.get("generation", 4)
+    if other != generation:
+        raise ValueError(f"{path}: an RWKV-{other} checkpoint, not RWKV-{generation}: load it with "
+                         f"rwkv_wkv.from_checkpoint (any generation)")
     cfg = dict(cfg)
     if ctx_len is not None:
         cfg["ctx_len"] = ctx_len
     try:
         return config_cls(**cfg)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: its config does not describe an {what} model ({e})") from e
+        raise ValueError(f"{path}: its config does not describe an RWKV-{generation} model ({e})") from e
 
 
 def save_state_dict(sd, path):

@@ -37,7 +37,7 @@ def config_from_state_dict(sd, ctx_len=1024) -> RWKVConfig:
 
 
 def _config(path, cfg, ctx_len):
-    return config_from_dict(RWKVConfig, path, cfg, ctx_len, "RWKV-4")
+    return config_from_dict(RWKVConfig, path, cfg, ctx_len, 4)
 
 
 def load(cls, path, map_location="cpu", ctx_len=None):

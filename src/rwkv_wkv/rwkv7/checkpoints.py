@@ -133,18 +133,18 @@ def load_hf(cls, directory, ctx_len=None):
     head_size = cfg.get("head_dim") or (C // cfg["num_heads"] if cfg.get("num_heads") else 64)
     ffn = cfg.get("intermediate_size") or int(C * (cfg.get("hidden_ratio") or 4))
 
-    def rank(kind, default):  # the file's shapes decide where the config is silent
-        t = tensors.get(f"model.layers.0.attn.{kind}_lora.lora.0.weight")
+    L = cfg["num_hidden_layers"]
+
+    def rank(kind, default, layer=0):  # the file's shapes decide; the config where it has none
+        t = tensors.get(f"model.layers.{layer}.attn.{kind}_lora.lora.0.weight")
         return int(t.shape[0]) if t is not None else cfg.get(default)
 
     try:
         config = RWKV7Config(
-            vocab_size=cfg["vocab_size"], n_layer=cfg["num_hidden_layers"], n_embd=C, head_size=head_size,
+            vocab_size=cfg["vocab_size"], n_layer=L, n_embd=C, head_size=head_size,
             ctx_len=ctx_len or cfg.get("max_position_embeddings") or 1024, dim_ffn=ffn,
             decay_lora=rank("w", "decay_low_rank_dim"), a_lora=rank("a", "a_low_rank_dim"),
-            v_lora=cfg.get("v_low_rank_dim") if cfg["num_hidden_layers"] == 1 else
-            int(tensors["model.layers.1.attn.v_lora.lora.0.weight"].shape[0])
-            if "model.layers.1.attn.v_lora.lora.0.weight" in tensors else cfg.get("v_low_rank_dim"),
+            v_lora=rank("v", "v_low_rank_dim", layer=1 if L > 1 else 0),  # fla's block 0 has none
             gate_lora=rank("g", "gate_low_rank_dim"), layer_norm_eps=cfg.get("norm_eps", 1e-5))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{os.path.join(directory, CONFIG)}: {e}") from e
@@ -188,7 +188,7 @@ def _from_fla(name, t, shape):
 
 # ---- loading any of them -----------------------------------------------------------------------
 def _config(path, cfg, ctx_len):
-    return config_from_dict(RWKV7Config, path, cfg, ctx_len, "RWKV-7")
+    return config_from_dict(RWKV7Config, path, cfg, ctx_len, 7)
 
 
 def load(cls, path, map_location="cpu", ctx_len=None):
