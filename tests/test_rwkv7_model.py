@@ -255,3 +255,18 @@ def test_tuned_state_file_errors(tmp_path):
 def test_public_names():
     assert rwkv_wkv.RWKV7 is RWKV7 and rwkv_wkv.RWKV7Config is RWKV7Config
     assert callable(rwkv_wkv.from_checkpoint)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_equals_cpu_and_the_graphed_step_equals_eager():
+    model = random_model()
+    idx = torch.randint(0, 97, (2, 40))
+    with torch.no_grad():
+        want, _, state = model(idx, return_state=True)
+        cuda = random_model().cuda()
+        got, _, state_cuda = cuda(idx.cuda(), return_state=True)
+    assert rel(got.cpu(), want) < 1e-4 and rel(state_cuda.cpu(), state) < 1e-4
+    prompt = idx[:, :7].cuda()
+    graphed = cuda.generate(prompt, 12, temperature=0, cuda_graph=True)
+    eager = cuda.generate(prompt, 12, temperature=0, cuda_graph=False)
+    assert torch.equal(graphed, eager)
