@@ -27,6 +27,7 @@ import time
 import torch
 
 from .errors import ArgumentParser, UsageError, run_command
+from .fused_step import FusedStep
 from .models import from_checkpoint
 from .tokenizer import tokenizer_for
 
@@ -56,7 +57,12 @@ def _main(argv):
     p.add_argument("--top-p", type=float, default=0.85, help="nucleus sampling mass (default 0.85; 1 = off)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="weights' dtype (default fp32)")
+    p.add_argument("--dtype", default="fp32", choices=[*DTYPES, "int8"],
+                   help="weights' format (default fp32). On the CPU an RWKV-4 model generates through the fused "
+                        "step with its matrices in this format (int8: per-row scales; the prompt runs in fp32); "
+                        "elsewhere the model is cast to it (int8: CPU fused step only)")
+    p.add_argument("--no-fused", action="store_true",
+                   help="generate with the Python step (the fused step's reference) instead of the fused one")
     return run(p.parse_args(argv))
 
 
@@ -101,13 +107,21 @@ def run(args):
     prompts = [tok.encode(text) for text in args.prompt]
     if not all(prompts):
         raise UsageError("a prompt encodes to no tokens")
-    model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
-    if device.type == "cpu":
-        model.to_inference_layout()
+    fused = device.type == "cpu" and model.generation == 4 and not args.no_fused and args.dtype != "fp64"
+    if args.dtype == "int8" and not fused:
+        raise UsageError("--dtype int8 is a format of the fused step: RWKV-4 on the CPU, without --no-fused")
+    if fused:  # the prompt in float32 GPT mode, every new token one fused call on the chosen format
+        model = model.float().eval()
+        fused = FusedStep(model, weights=args.dtype)
+    else:
+        model = model.to(device=device, dtype=DTYPES[args.dtype]).eval()
+        if device.type == "cpu":
+            model.to_inference_layout()
     c = model.config
     lengths = "/".join(str(len(p)) for p in prompts)
+    step = "fused step" if fused else "python step"
     print(f"# {args.checkpoint}: RWKV-{model.generation} L{c.n_layer}-d{c.n_embd}, vocab {c.vocab_size}, "
-          f"{model.num_params() / 1e6:.1f}M parameters, {device.type} {args.dtype}"
+          f"{model.num_params() / 1e6:.1f}M parameters, {device.type} {args.dtype} ({step})"
           f"{', tuned state ' + args.state if args.state else ''}; prompt {lengths} tokens",
           file=sys.stderr, flush=True)
     # A tokenizer smaller than the model's (padded) vocabulary: ids it cannot decode are masked.
@@ -131,7 +145,7 @@ def run(args):
     t0 = time.perf_counter()
     out = model.generate(torch.tensor(prompts[0]) if single else prompts, args.max_new_tokens,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                         stream=show, vocab_limit=vocab_limit)
+                         stream=show, vocab_limit=vocab_limit, fused_step=fused or None)
     if single:
         sys.stdout.write("\n")
     else:

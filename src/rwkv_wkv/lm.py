@@ -82,7 +82,7 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None,
-                 cuda_graph=True, stream=None, vocab_limit=None):
+                 cuda_graph=True, stream=None, vocab_limit=None, fused_step=None):
         """Samples continuations. prompt_ids: (B, T) or (T,) ids (T >= 1; B prompts of one
         length), or a list of B prompts of any lengths (each runs its own prefill; the states are
         then stacked and decoded together: an RNN's state does not care how long its prompt was).
@@ -91,8 +91,9 @@ class LanguageModel(nn.Module):
         step is captured once as a CUDA graph and replayed (``cuda_graph=False`` to run it
         eagerly). ``stream``: called with each new (B,) tensor of ids as it is sampled.
         ``vocab_limit``: only ids below it are ever produced (a tokenizer smaller than the model's
-        padded vocabulary cannot decode the rest). Returns (B, T + new), or for a list of prompts
-        of different lengths a list of B 1-D tensors (prompt + new)."""
+        padded vocabulary cannot decode the rest). ``fused_step``: a ``rwkv_wkv.fused_step.FusedStep``
+        of this model, whose single call per token replaces the Python step on the CPU. Returns
+        (B, T + new), or for a list of prompts of different lengths a list of B 1-D tensors."""
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if top_p is not None and not 0 < top_p <= 1:
@@ -120,7 +121,12 @@ class LanguageModel(nn.Module):
         else:
             logits, _, state = self.forward(idx, state=None, return_state=True, last_only=True)
             logits = logits[:, -1]
-        step = self._graphed_step(state) if cuda_graph and device.type == "cuda" else None
+        if fused_step is not None:
+            step = lambda tokens: fused_step.step_(tokens, state)  # noqa: E731
+        elif cuda_graph and device.type == "cuda":
+            step = self._graphed_step(state)
+        else:
+            step = None
         out = [idx] if not ragged else []
         # ids the caller's tokenizer cannot decode are never sampled
         beyond = None if vocab_limit is None else torch.arange(self.config.vocab_size, device=device) >= vocab_limit

@@ -1,0 +1,51 @@
+// The fused single-token step for CPU generation (python: rwkv_wkv/fused_step.py): every layer
+// of one token per batch row in one call — layer norms, token-shift mixes, the matrix-vector
+// products (threads split each product's rows; SIMD dot products over the weight's own format),
+// the WKV step, the channel mix and the head — with no per-op dispatch. What the op layer
+// (step_ops.cpp) hands the per-instruction-set kernels (cpu/step_<isa>.cpp, one template:
+// step_kernel.h). The matrix machinery (Matrix, gemv) is generation-agnostic: RWKV-7's step can
+// use it as RWKV-4's does.
+#pragma once
+
+#include <cstdint>
+
+namespace wkv::step {
+
+// A weight matrix (rows = outputs, cols = inputs, row-major), in one of the formats generation
+// reads: float32, bfloat16, float16 (converted to float32 as they are loaded) or int8 with one
+// float32 scale per row (w = q * scale[row]).
+enum class Format : int { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
+
+struct Matrix {
+  const void* w = nullptr;
+  const float* scale = nullptr;  // I8 only: (rows,)
+  Format format = Format::F32;
+  int64_t rows = 0, cols = 0;
+};
+
+// RWKV-4: the per-layer vectors (float32, (C,)) and matrices; w is the decay -exp(time_decay).
+struct Rwkv4Layer {
+  const float *ln1_w, *ln1_b, *ln2_w, *ln2_b, *w, *u, *att_mix_k, *att_mix_v, *att_mix_r, *ffn_mix_k,
+      *ffn_mix_r;
+  Matrix att_key, att_value, att_receptance, att_output, ffn_key, ffn_receptance, ffn_value;
+};
+
+struct Rwkv4Model {
+  int64_t C = 0, F = 0, V = 0, L = 0;
+  float eps = 1e-5f;      // the blocks' LayerNorm epsilon
+  float eps_out = 1e-5f;  // ln_out's
+  const float *ln0_w = nullptr, *ln0_b = nullptr, *ln_out_w = nullptr, *ln_out_b = nullptr;
+  const Rwkv4Layer* layers = nullptr;
+  Matrix head;
+};
+
+// x: (B, C) the tokens' embeddings (overwritten: scratch); state: (B, L, 5, C), updated in place
+// (rows: time-mix shift, aa, bb, pp, channel-mix shift); logits: (B, V).
+#define WKV_DECLARE_STEP(isa) \
+  void rwkv4_step_##isa(const Rwkv4Model& m, float* x, float* state, float* logits, int64_t B);
+WKV_DECLARE_STEP(avx512)
+WKV_DECLARE_STEP(avx2)
+WKV_DECLARE_STEP(scalar)
+#undef WKV_DECLARE_STEP
+
+}  // namespace wkv::step

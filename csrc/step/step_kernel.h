@@ -1,0 +1,247 @@
+// The fused step's kernels, one template over the SIMD lane type (the lanes of
+// csrc/common/vec_avx512.h / vec_avx2.h, or ScalarLane), included only by cpu/step_<isa>.cpp.
+// Each unit defines `load_i8(const int8_t*)` for its lane before including this file.
+//
+// The matrix-vector products are the step's cost (every weight read once per token): rows are
+// split over OpenMP threads in contiguous ranges, each row's dot product runs over 2 SIMD
+// accumulators per batch row, the weight vector loaded once for up to 4 batch rows. Several
+// products that need the same inputs run in one parallel region (gemv_many). The rest (layer
+// norms, mixes, the WKV step) is O(C) per row: plain loops the compiler vectorises.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "common/half_types.h"
+#include "step/step.h"
+
+namespace {
+
+using wkv::Bf16;
+using wkv::Half16;
+using wkv::step::Format;
+using wkv::step::Matrix;
+
+// One matrix-vector product job: y[b * ldy + o] = sum_i W[o, i] x[b * ldx + i] for rows o.
+struct Job {
+  const Matrix* m;
+  const float* x;
+  int64_t ldx;
+  float* y;
+  int64_t ldy;
+};
+
+template <class L, class W>
+inline typename L::V load_w(const W* p) {
+  if constexpr (std::is_same_v<W, int8_t>) {
+    return load_i8(p);
+  } else {
+    return L::load(p);
+  }
+}
+
+template <class W>
+inline float scalar_w(const W* p) {
+  if constexpr (std::is_same_v<W, float>) {
+    return *p;
+  } else if constexpr (std::is_same_v<W, Bf16>) {
+    return bf16_to_float(p->bits);
+  } else if constexpr (std::is_same_v<W, Half16>) {
+    return half_to_float(p->bits);
+  } else {
+    return float(*p);
+  }
+}
+
+// Rows [r0, r1) of one job, for batch rows [b0, b0 + nb), nb <= 4.
+template <class L, class W, int NB>
+void dot_rows(const Job& j, int64_t r0, int64_t r1, int64_t b0) {
+  using V = typename L::V;
+  constexpr int64_t Wd = L::W;
+  const int64_t cols = j.m->cols;
+  const int64_t main = cols / (2 * Wd) * (2 * Wd);
+  const W* base = static_cast<const W*>(j.m->w);
+  const float* xs[NB];
+  for (int b = 0; b < NB; ++b) xs[b] = j.x + (b0 + b) * j.ldx;
+  for (int64_t o = r0; o < r1; ++o) {
+    const W* w = base + o * cols;
+    V acc0[NB], acc1[NB];
+    for (int b = 0; b < NB; ++b) acc0[b] = acc1[b] = V(0.0f);
+    for (int64_t i = 0; i < main; i += 2 * Wd) {
+      const V w0 = load_w<L>(w + i), w1 = load_w<L>(w + i + Wd);
+      for (int b = 0; b < NB; ++b) {
+        acc0[b] = wkv_fma(w0, L::load(xs[b] + i), acc0[b]);
+        acc1[b] = wkv_fma(w1, L::load(xs[b] + i + Wd), acc1[b]);
+      }
+    }
+    const float scale = j.m->format == Format::I8 ? j.m->scale[o] : 1.0f;
+    for (int b = 0; b < NB; ++b) {
+      float s = wkv_hsum(acc0[b] + acc1[b]);
+      for (int64_t i = main; i < cols; ++i) s += scalar_w(w + i) * xs[b][i];
+      j.y[(b0 + b) * j.ldy + o] = s * scale;
+    }
+  }
+}
+
+template <class L, class W>
+void job_rows(const Job& j, int64_t r0, int64_t r1, int64_t B) {
+  int64_t b = 0;
+  for (; b + 4 <= B; b += 4) dot_rows<L, W, 4>(j, r0, r1, b);
+  switch (B - b) {
+    case 3: dot_rows<L, W, 3>(j, r0, r1, b); break;
+    case 2: dot_rows<L, W, 2>(j, r0, r1, b); break;
+    case 1: dot_rows<L, W, 1>(j, r0, r1, b); break;
+    default: break;
+  }
+}
+
+template <class L>
+void run_rows(const Job& j, int64_t r0, int64_t r1, int64_t B) {
+  switch (j.m->format) {
+    case Format::F32: job_rows<L, float>(j, r0, r1, B); break;
+    case Format::BF16: job_rows<L, Bf16>(j, r0, r1, B); break;
+    case Format::F16: job_rows<L, Half16>(j, r0, r1, B); break;
+    case Format::I8: job_rows<L, int8_t>(j, r0, r1, B); break;
+  }
+}
+
+// Several products in one parallel region: their rows are one range, split evenly over the
+// threads in blocks of 16 rows (whole cache lines of the output).
+template <class L>
+void gemv_many(const Job* jobs, int n, int64_t B) {
+  int64_t starts[9];
+  starts[0] = 0;
+  for (int i = 0; i < n; ++i) starts[i + 1] = starts[i] + jobs[i].m->rows;
+  const int64_t total = starts[n];
+  const int64_t blocks = (total + 15) / 16;
+#pragma omp parallel for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    int64_t r = blk * 16;
+    const int64_t end = std::min(total, r + 16);
+    while (r < end) {
+      int i = 0;
+      while (starts[i + 1] <= r) ++i;
+      const int64_t stop = std::min(end, starts[i + 1]);
+      run_rows<L>(jobs[i], r - starts[i], stop - starts[i], B);
+      r = stop;
+    }
+  }
+}
+
+inline void layer_norm(const float* x, const float* w, const float* b, float eps, int64_t C, float* y) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < C; ++c) sum += x[c];
+  const float mean = sum / float(C);
+  float var = 0.0f;
+#pragma omp simd reduction(+ : var)
+  for (int64_t c = 0; c < C; ++c) var += (x[c] - mean) * (x[c] - mean);
+  const float rstd = 1.0f / std::sqrt(var / float(C) + eps);
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) y[c] = (x[c] - mean) * rstd * w[c] + b[c];
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// Token-shift mix as RWKV-4 writes it: x * mix + prev * (1 - mix).
+inline void mix4(const float* x, const float* prev, const float* mix, int64_t C, float* out) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) out[c] = x[c] * mix[c] + prev[c] * (1.0f - mix[c]);
+}
+
+template <class L>
+void rwkv4_step(const wkv::step::Rwkv4Model& m, float* x, float* state, float* logits, int64_t B) {
+  const int64_t C = m.C, F = m.F, Lyr = m.L;
+  // scratch, per batch row: ln outputs, the mixed inputs, projections (F >= C covers every width)
+  std::vector<float> buf(size_t(B) * size_t(8 * C + 2 * F));
+  float* xa = buf.data();    // (B, C) ln1 / ln2 output
+  float* in0 = xa + B * C;   // (B, C) mixed inputs
+  float* in1 = in0 + B * C;
+  float* in2 = in1 + B * C;
+  float* k = in2 + B * C;    // (B, C) projections
+  float* v = k + B * C;
+  float* r = v + B * C;
+  float* o = r + B * C;      // (B, C) attention / value output
+  float* kf = o + B * C;     // (B, F) ffn key
+  float* rf = kf + B * F;    // (B, C) ffn receptance (F >= C is not needed: sized F)
+  const int64_t S = 5 * C;   // one layer's state rows
+  for (int64_t b = 0; b < B; ++b) layer_norm(x + b * C, m.ln0_w, m.ln0_b, m.eps, C, x + b * C);
+  for (int64_t l = 0; l < Lyr; ++l) {
+    const auto& ly = m.layers[l];
+    // ---- time mix ----
+    for (int64_t b = 0; b < B; ++b) {
+      float* st = state + (b * Lyr + l) * S;
+      float* xb = xa + b * C;
+      layer_norm(x + b * C, ly.ln1_w, ly.ln1_b, m.eps, C, xb);
+      mix4(xb, st, ly.att_mix_k, C, in0 + b * C);
+      mix4(xb, st, ly.att_mix_v, C, in1 + b * C);
+      mix4(xb, st, ly.att_mix_r, C, in2 + b * C);
+      std::memcpy(st, xb, sizeof(float) * C);  // the next token's time-mix shift
+    }
+    const Job kvr[3] = {{&ly.att_key, in0, C, k, C}, {&ly.att_value, in1, C, v, C},
+                        {&ly.att_receptance, in2, C, r, C}};
+    gemv_many<L>(kvr, 3, B);
+    for (int64_t b = 0; b < B; ++b) {
+      float* st = state + (b * Lyr + l) * S;
+      float *aa = st + C, *bb = st + 2 * C, *pp = st + 3 * C;
+      const float *kb = k + b * C, *vb = v + b * C, *rb = r + b * C;
+      float* yb = in0 + b * C;  // sigmoid(r) * wkv
+      for (int64_t c = 0; c < C; ++c) {
+        // the WKV step with a shared exponent (docs/op.md): y from the state and this token,
+        // then the state advanced by the decay w = -exp(time_decay)
+        const float ww = ly.u[c] + kb[c];
+        float p = std::max(pp[c], ww);
+        float e1 = std::exp(pp[c] - p), e2 = std::exp(ww - p);
+        const float y = (e1 * aa[c] + e2 * vb[c]) / (e1 * bb[c] + e2);
+        const float wd = pp[c] + ly.w[c];
+        p = std::max(wd, kb[c]);
+        e1 = std::exp(wd - p);
+        e2 = std::exp(kb[c] - p);
+        aa[c] = e1 * aa[c] + e2 * vb[c];
+        bb[c] = e1 * bb[c] + e2;
+        pp[c] = p;
+        yb[c] = sigmoid(rb[c]) * y;
+      }
+    }
+    const Job out[1] = {{&ly.att_output, in0, C, o, C}};
+    gemv_many<L>(out, 1, B);
+    for (int64_t b = 0; b < B; ++b)
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) x[b * C + c] += o[b * C + c];
+    // ---- channel mix ----
+    for (int64_t b = 0; b < B; ++b) {
+      float* st = state + (b * Lyr + l) * S + 4 * C;
+      float* xb = xa + b * C;
+      layer_norm(x + b * C, ly.ln2_w, ly.ln2_b, m.eps, C, xb);
+      mix4(xb, st, ly.ffn_mix_k, C, in0 + b * C);
+      mix4(xb, st, ly.ffn_mix_r, C, in1 + b * C);
+      std::memcpy(st, xb, sizeof(float) * C);
+    }
+    const Job kr[2] = {{&ly.ffn_key, in0, C, kf, F}, {&ly.ffn_receptance, in1, C, rf, C}};
+    gemv_many<L>(kr, 2, B);
+    for (int64_t i = 0; i < B * F; ++i) {
+      const float t = std::max(kf[i], 0.0f);
+      kf[i] = t * t;
+    }
+    const Job val[1] = {{&ly.ffn_value, kf, F, o, C}};
+    gemv_many<L>(val, 1, B);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < C; ++c) x[b * C + c] += sigmoid(rf[b * C + c]) * o[b * C + c];
+  }
+  for (int64_t b = 0; b < B; ++b) layer_norm(x + b * C, m.ln_out_w, m.ln_out_b, m.eps_out, C, xa + b * C);
+  const Job head[1] = {{&m.head, xa, C, logits, m.V}};
+  gemv_many<L>(head, 1, B);
+}
+
+}  // namespace
+
+#define WKV_DEFINE_STEP(isa, Lane)                                                                     \
+  namespace wkv::step {                                                                                \
+  void rwkv4_step_##isa(const Rwkv4Model& m, float* x, float* state, float* logits, int64_t B) {      \
+    rwkv4_step<Lane>(m, x, state, logits, B);                                                          \
+  }                                                                                                    \
+  }

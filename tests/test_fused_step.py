@@ -1,0 +1,145 @@
+"""The fused single-token step (torch.ops.wkv.rwkv4_step, rwkv_wkv.fused_step) against the Python
+step it replaces: every instruction set, batch sizes around the kernel's groups of 4, widths that
+are no multiple of a SIMD vector, each weight format within its stated error, generation
+identical in fp32, and clear errors for what it does not do."""
+
+import pytest
+import torch
+
+import rwkv_wkv
+from rwkv_wkv import RWKV, RWKV7, RWKV7Config, RWKVConfig
+from rwkv_wkv.fused_step import FusedStep, quantize_rows
+
+ISAS = [isa for isa in ("avx512", "avx2", "scalar") if isa in rwkv_wkv.build_info()["cpu_kernels"]]
+# the largest |logit difference| / max |logit| against the float32 Python step (measured: bf16 ~8e-3,
+# fp16 ~1e-3, int8 ~3e-2 on these random models; the bounds leave room, and still fail on a wrong kernel)
+FORMAT_ERROR = {"fp32": 1e-5, "bf16": 3e-2, "fp16": 5e-3, "int8": 1e-1}
+
+
+def random_model(C=40, F=72, L=3, V=301, seed=0):
+    torch.manual_seed(seed)
+    model = RWKV(RWKVConfig(vocab_size=V, n_layer=L, n_embd=C, dim_ffn=F)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    yield
+    rwkv_wkv.cpu_isa("auto")
+
+
+def rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("B", [1, 3, 4, 6])
+def test_fused_equals_python_step(isa, B):
+    rwkv_wkv.cpu_isa(isa)
+    model = random_model()
+    plan = FusedStep(model)
+    ref_state = model.init_state(B)
+    state = ref_state.clone()
+    g = torch.Generator().manual_seed(B)
+    for _ in range(6):
+        tokens = torch.randint(0, 301, (B,), generator=g)
+        with torch.no_grad():
+            want = model.step_(tokens, ref_state)
+        got = plan.step_(tokens, state)
+        assert got.dtype == torch.float32 and got.shape == (B, 301)
+        assert rel(got, want) < 1e-5
+    torch.testing.assert_close(state, ref_state, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(16, 64, 1, 17), (33, 50, 2, 5), (128, 512, 2, 1000)])
+def test_shapes(shape):
+    C, F, L, V = shape
+    model = random_model(C, F, L, V)
+    plan = FusedStep(model)
+    state, ref_state = model.init_state(2), model.init_state(2)
+    tokens = torch.tensor([1, V - 1])
+    with torch.no_grad():
+        want = model.step_(tokens, ref_state)
+    assert rel(plan.step_(tokens, state), want) < 1e-5
+
+
+@pytest.mark.parametrize("weights", ["bf16", "fp16", "int8"])
+def test_weight_formats_within_their_error(weights):
+    model = random_model(C=128, F=512, L=2, V=500)
+    plan = FusedStep(model, weights=weights)
+    assert plan.weight_bytes < FusedStep(model).weight_bytes / (1.9 if weights != "int8" else 3.5)
+    state, ref_state = model.init_state(3), model.init_state(3)
+    worst = 0.0
+    for t in range(5):
+        tokens = torch.tensor([t, 2 * t + 1, 499 - t])
+        with torch.no_grad():
+            want = model.step_(tokens, ref_state)
+        worst = max(worst, rel(plan.step_(tokens, state), want))
+    assert 0 < worst < FORMAT_ERROR[weights]
+
+
+def test_int8_quantisation_is_per_row():
+    w = torch.randn(5, 33) * torch.tensor([1e-3, 1.0, 10.0, 0.0, 5.0])[:, None]
+    q, s = quantize_rows(w)
+    assert q.dtype == torch.int8 and s.shape == (5,)
+    assert q.abs().max() == 127
+    torch.testing.assert_close(q.float() * s[:, None], w, atol=(s / 2 + 1e-12)[:, None].expand_as(w).max(), rtol=0)
+    assert torch.equal(q[3], torch.zeros(33, dtype=torch.int8))
+
+
+def test_fp32_generation_is_identical_to_the_python_step():
+    model = random_model(C=64, F=128, L=2, V=200)
+    prompt = torch.randint(0, 200, (2, 5))
+    want = model.generate(prompt, 30, temperature=1.0, top_p=0.9, seed=3)
+    got = model.generate(prompt, 30, temperature=1.0, top_p=0.9, seed=3, fused_step=FusedStep(model))
+    assert torch.equal(got, want)
+
+
+def test_clear_errors():
+    model = random_model()
+    with pytest.raises(ValueError, match="weights must be one of fp32, bf16, fp16, int8"):
+        FusedStep(model, weights="int4")
+    with pytest.raises(ValueError, match="supports RWKV-4 models so far"):
+        FusedStep(RWKV7(RWKV7Config(vocab_size=10, n_layer=1, n_embd=16, head_size=16)))
+    plan = FusedStep(model)
+    state = model.init_state(1)
+    x = model.emb.weight[:1].detach()
+    vectors = list(plan.vectors)
+    vectors[3] = vectors[3].double()
+    with pytest.raises(ValueError, match=r"layer 0 ln1.bias must have dtype torch.float32"):
+        torch.ops.wkv.rwkv4_step(x, state, vectors, plan.matrices, plan.scales, 1e-5, 1e-5)
+    matrices = list(plan.matrices)
+    matrices[0] = matrices[0].to(torch.int8)
+    with pytest.raises(ValueError, match=r"layer 0 att.key's scale must have shape \(rows,\) = \(40,\), got \(0,\)"):
+        torch.ops.wkv.rwkv4_step(x, state, plan.vectors, matrices, plan.scales, 1e-5, 1e-5)
+    with pytest.raises(ValueError, match=r"state must have shape \(B, L, 5, C\)"):
+        torch.ops.wkv.rwkv4_step(x, model.init_state(2), plan.vectors, plan.matrices, plan.scales, 1e-5, 1e-5)
+    with pytest.raises(ValueError, match="matrices must hold 7 per layer and the head"):
+        torch.ops.wkv.rwkv4_step(x, state, plan.vectors, plan.matrices[:-2], plan.scales[:-2], 1e-5, 1e-5)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="the fused step is a CPU kernel"):
+            FusedStep(random_model().cuda())
+
+
+def test_generate_cli_formats(tmp_path, capsys):
+    from rwkv_wkv.generate import main
+
+    model = random_model(V=256)
+    model.save_rwkv_lm(tmp_path / "m.pth")
+    args = [str(tmp_path / "m.pth"), "--prompt", "hi", "--temperature", "0", "--max-new-tokens", "8", "--device",
+            "cpu"]
+    assert main(args) == 0
+    fused = capsys.readouterr()
+    assert "(fused step)" in fused.err
+    assert main([*args, "--no-fused"]) == 0
+    python = capsys.readouterr()
+    assert "(python step)" in python.err and python.out == fused.out
+    assert main([*args, "--dtype", "int8"]) == 0
+    assert "cpu int8 (fused step)" in capsys.readouterr().err
+    assert main([*args, "--dtype", "int8", "--no-fused"]) == 2
+    assert "error: --dtype int8 is a format of the fused step" in capsys.readouterr().err
+    RWKV7(RWKV7Config(vocab_size=256, n_layer=1, n_embd=16, head_size=16)).save_rwkv_lm(tmp_path / "m7.pth")
+    assert main([str(tmp_path / "m7.pth"), "--prompt", "hi", "--dtype", "int8", "--device", "cpu"]) == 2
