@@ -67,16 +67,17 @@ def test_bench_generate_runs(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "g.json"
-    bench.main(
-        ["--shapes", "L1-d16", "--prefill", "8", "--tokens", "3", "--repeats", "1", "--no-chatrwkv", "--json", str(out)]
-    )
-    (rec,) = json.loads(out.read_text())
-    assert (
-        rec["shape"] == "L1-d16"
-        and rec["ours_token_ms"] > 0
-        and rec["ours_prefill_s"] > 0
-        and rec["floor_token_ms"] > 0
-    )
+    bench.main(["--shapes", "L1-d16", "--prefill", "8", "--tokens", "3", "--repeats", "1", "--no-chatrwkv",
+                "--formats", "fp32,int8", "--batch", "1,3", "--json", str(out)])
+    records = json.loads(out.read_text())
+    got = {(r["impl"], r["format"], r["batch"]) for r in records}
+    assert got == {("ours (fused)", "fp32", 1), ("ours (fused)", "fp32", 3), ("ours (fused)", "int8", 1),
+                   ("ours (fused)", "int8", 3), ("ours (python step)", "fp32", 1), ("ours (python step)", "fp32", 3)}
+    for r in records:
+        assert r["shape"] == "L1-d16" and r["token_ms"] > 0 and r["floor_token_ms"] > 0 and r["ours_prefill_s"] > 0
+    int8 = next(r for r in records if r["format"] == "int8")
+    fp32 = next(r for r in records if r["format"] == "fp32" and r["impl"] == "ours (fused)")
+    assert int8["weight_mb"] < fp32["weight_mb"] / 3 and 0 < int8["logit_rel_err_vs_fp32"] < 0.2
     assert "| L1-d16" in capsys.readouterr().out
 
 
