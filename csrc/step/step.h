@@ -39,10 +39,29 @@ struct Rwkv4Model {
   Matrix head;
 };
 
-// x: (B, C) the tokens' embeddings (overwritten: scratch); state: (B, L, 5, C), updated in place
-// (rows: time-mix shift, aa, bb, pp, channel-mix shift); logits: (B, V).
-#define WKV_DECLARE_STEP(isa) \
-  void rwkv4_step_##isa(const Rwkv4Model& m, float* x, float* state, float* logits, int64_t B);
+// RWKV-7: per layer the vectors (float32, (C,): r_k flattened to H * N) and matrices, the
+// low-rank ones transposed to (out, in) row-major like the rest (w1t = w1.T: (Dw, C), w2t: (C, Dw)).
+struct Rwkv7Layer {
+  const float *ln1_w, *ln1_b, *ln2_w, *ln2_b, *x_r, *x_w, *x_k, *x_v, *x_a, *x_g, *w0, *a0, *v0, *k_k, *k_a,
+      *r_k, *ln_x_w, *ln_x_b, *ffn_x_k;
+  Matrix receptance, key, value, output, w1t, w2t, a1t, a2t, v1t, v2t, g1t, g2t, ffn_key, ffn_value;
+};
+
+struct Rwkv7Model {
+  int64_t C = 0, F = 0, V = 0, L = 0, N = 0;  // N: head size (H = C / N)
+  float eps = 1e-5f, eps_out = 1e-5f, eps_ln_x = 64e-5f;
+  const float *ln0_w = nullptr, *ln0_b = nullptr, *ln_out_w = nullptr, *ln_out_b = nullptr;
+  const Rwkv7Layer* layers = nullptr;
+  Matrix head;
+};
+
+// x: (B, C) the tokens' embeddings (overwritten: scratch); state: updated in place, RWKV-4's
+// (B, L, 5, C) (rows: time-mix shift, aa, bb, pp, channel-mix shift) or RWKV-7's (B, L, 2 + N, C)
+// (time-mix shift, channel-mix shift, then the WKV state (H, N, N) in its memory order);
+// logits: (B, V).
+#define WKV_DECLARE_STEP(isa)                                                                     \
+  void rwkv4_step_##isa(const Rwkv4Model& m, float* x, float* state, float* logits, int64_t B); \
+  void rwkv7_step_##isa(const Rwkv7Model& m, float* x, float* state, float* logits, int64_t B);
 WKV_DECLARE_STEP(avx512)
 WKV_DECLARE_STEP(avx2)
 WKV_DECLARE_STEP(scalar)

@@ -237,11 +237,152 @@ void rwkv4_step(const wkv::step::Rwkv4Model& m, float* x, float* state, float* l
   gemv_many<L>(head, 1, B);
 }
 
+// RWKV-7's token-shift mix: x + (prev - x) * mix.
+inline void mix7(const float* x, const float* prev, const float* mix, int64_t C, float* out) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) out[c] = x[c] + (prev[c] - x[c]) * mix[c];
+}
+
+template <class L>
+void rwkv7_step(const wkv::step::Rwkv7Model& m, float* x, float* state, float* logits, int64_t B) {
+  const int64_t C = m.C, F = m.F, Lyr = m.L, N = m.N, H = C / N;
+  const int64_t D = std::max({m.layers[0].w1t.rows, m.layers[0].a1t.rows, m.layers[0].v1t.rows,
+                              m.layers[0].g1t.rows});
+  const int64_t S = (2 + N) * C;  // one layer's state rows
+  // scratch per batch row: the six mixed inputs, r k v, the low-rank hiddens and outputs, ...
+  std::vector<float> buf(size_t(B) * size_t(16 * C + 4 * D + F));
+  float* p = buf.data();
+  auto take = [&](int64_t n) { float* q = p; p += B * n; return q; };
+  float *xa = take(C), *xr = take(C), *xw = take(C), *xk = take(C), *xv = take(C), *xq = take(C), *xg = take(C);
+  float *r = take(C), *k = take(C), *v = take(C), *vfirst = take(C), *w = take(C), *a = take(C), *g = take(C);
+  float *y = take(C), *o = take(C);
+  float *hw = take(D), *ha = take(D), *hv = take(D), *hg = take(D), *kf = take(F);
+  for (int64_t b = 0; b < B; ++b) layer_norm(x + b * C, m.ln0_w, m.ln0_b, m.eps, C, x + b * C);
+  for (int64_t l = 0; l < Lyr; ++l) {
+    const auto& ly = m.layers[l];
+    // ---- time mix: the mixes, then every product of them in one parallel region ----
+    for (int64_t b = 0; b < B; ++b) {
+      float* st = state + (b * Lyr + l) * S;
+      float* xb = xa + b * C;
+      layer_norm(x + b * C, ly.ln1_w, ly.ln1_b, m.eps, C, xb);
+      mix7(xb, st, ly.x_r, C, xr + b * C);
+      mix7(xb, st, ly.x_w, C, xw + b * C);
+      mix7(xb, st, ly.x_k, C, xk + b * C);
+      mix7(xb, st, ly.x_v, C, xv + b * C);
+      mix7(xb, st, ly.x_a, C, xq + b * C);
+      mix7(xb, st, ly.x_g, C, xg + b * C);
+      std::memcpy(st, xb, sizeof(float) * C);  // the next token's time-mix shift
+    }
+    const Job first[7] = {{&ly.receptance, xr, C, r, C}, {&ly.key, xk, C, k, C},     {&ly.value, xv, C, v, C},
+                          {&ly.w1t, xw, C, hw, D},       {&ly.a1t, xq, C, ha, D},    {&ly.g1t, xg, C, hg, D},
+                          {&ly.v1t, xv, C, hv, D}};
+    gemv_many<L>(first, l == 0 ? 6 : 7, B);  // block 0 has no value residual
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = 0; i < ly.w1t.rows; ++i) hw[b * D + i] = std::tanh(hw[b * D + i]);
+      for (int64_t i = 0; i < ly.g1t.rows; ++i) hg[b * D + i] = sigmoid(hg[b * D + i]);
+    }
+    const Job second[4] = {{&ly.w2t, hw, D, w, C}, {&ly.a2t, ha, D, a, C}, {&ly.g2t, hg, D, g, C},
+                           {&ly.v2t, hv, D, o, C}};
+    gemv_many<L>(second, l == 0 ? 3 : 4, B);
+    for (int64_t b = 0; b < B; ++b) {
+      float* st = state + (b * Lyr + l) * S;
+      float *rb = r + b * C, *kb = k + b * C, *vb = v + b * C, *wb = w + b * C, *ab = a + b * C;
+      float *yb = y + b * C, *vf = vfirst + b * C, *ob = o + b * C;
+      if (l == 0) {
+        std::memcpy(vf, vb, sizeof(float) * C);
+      } else {
+        for (int64_t c = 0; c < C; ++c) vb[c] += (vf[c] - vb[c]) * sigmoid(ly.v0[c] + ob[c]);
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        // w = -softplus(-(w0 + lora)) - 0.5, the decay d = exp(-exp(w)); a = sigmoid(a0 + lora)
+        const float z = ly.w0[c] + wb[c];
+        const float softplus = z < -20.0f ? -z : (z > 20.0f ? std::exp(-z) : std::log1p(std::exp(-z)));
+        wb[c] = std::exp(-std::exp(-softplus - 0.5f));
+        ab[c] = sigmoid(ly.a0[c] + ab[c]);
+      }
+      float* S0 = st + 2 * C;  // (H, N, N), S[i][j]: i the value index, j the key index
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t c0 = h * N;
+        float *kk = xr + b * C + c0, *bb = xw + b * C + c0;  // (the mixes are spent: reused)
+        float norm = 0.0f;
+        for (int64_t j = 0; j < N; ++j) {
+          kk[j] = kb[c0 + j] * ly.k_k[c0 + j];
+          norm += kk[j] * kk[j];
+        }
+        const float inv = 1.0f / std::max(std::sqrt(norm), 1e-12f);  // F.normalize's eps
+        float bonus = 0.0f;
+        for (int64_t j = 0; j < N; ++j) {
+          kk[j] *= inv;
+          bb[j] = kk[j] * ab[c0 + j];
+          kb[c0 + j] *= 1.0f + (ab[c0 + j] - 1.0f) * ly.k_a[c0 + j];
+          bonus += rb[c0 + j] * kb[c0 + j] * ly.r_k[c0 + j];
+        }
+        float* Sh = S0 + h * N * N;
+        for (int64_t i = 0; i < N; ++i) {
+          float* Si = Sh + i * N;
+          float sa = 0.0f;
+#pragma omp simd reduction(+ : sa)
+          for (int64_t j = 0; j < N; ++j) sa -= Si[j] * kk[j];  // S a with a = -kk
+          const float vi = vb[c0 + i];
+          float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t j = 0; j < N; ++j) {
+            Si[j] = Si[j] * wb[c0 + j] + sa * bb[j] + vi * kb[c0 + j];
+            acc += Si[j] * rb[c0 + j];
+          }
+          yb[c0 + i] = acc;
+        }
+        // GroupNorm over the head (ln_x), then the bonus term (r . k . r_k) v
+        float mean = 0.0f;
+        for (int64_t i = 0; i < N; ++i) mean += yb[c0 + i];
+        mean /= float(N);
+        float var = 0.0f;
+        for (int64_t i = 0; i < N; ++i) var += (yb[c0 + i] - mean) * (yb[c0 + i] - mean);
+        const float rstd = 1.0f / std::sqrt(var / float(N) + m.eps_ln_x);
+        for (int64_t i = 0; i < N; ++i) {
+          const int64_t c = c0 + i;
+          yb[c] = ((yb[c] - mean) * rstd * ly.ln_x_w[c] + ly.ln_x_b[c] + bonus * vb[c]) * g[b * C + c];
+        }
+      }
+    }
+    const Job out[1] = {{&ly.output, y, C, o, C}};
+    gemv_many<L>(out, 1, B);
+    for (int64_t b = 0; b < B; ++b)
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) x[b * C + c] += o[b * C + c];
+    // ---- channel mix ----
+    for (int64_t b = 0; b < B; ++b) {
+      float* st = state + (b * Lyr + l) * S + C;
+      float* xb = xa + b * C;
+      layer_norm(x + b * C, ly.ln2_w, ly.ln2_b, m.eps, C, xb);
+      mix7(xb, st, ly.ffn_x_k, C, xk + b * C);
+      std::memcpy(st, xb, sizeof(float) * C);
+    }
+    const Job key[1] = {{&ly.ffn_key, xk, C, kf, F}};
+    gemv_many<L>(key, 1, B);
+    for (int64_t i = 0; i < B * F; ++i) {
+      const float t = std::max(kf[i], 0.0f);
+      kf[i] = t * t;
+    }
+    const Job val[1] = {{&ly.ffn_value, kf, F, o, C}};
+    gemv_many<L>(val, 1, B);
+    for (int64_t b = 0; b < B; ++b)
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) x[b * C + c] += o[b * C + c];
+  }
+  for (int64_t b = 0; b < B; ++b) layer_norm(x + b * C, m.ln_out_w, m.ln_out_b, m.eps_out, C, xa + b * C);
+  const Job head[1] = {{&m.head, xa, C, logits, m.V}};
+  gemv_many<L>(head, 1, B);
+}
+
 }  // namespace
 
 #define WKV_DEFINE_STEP(isa, Lane)                                                                     \
   namespace wkv::step {                                                                                \
   void rwkv4_step_##isa(const Rwkv4Model& m, float* x, float* state, float* logits, int64_t B) {      \
     rwkv4_step<Lane>(m, x, state, logits, B);                                                          \
+  }                                                                                                    \
+  void rwkv7_step_##isa(const Rwkv7Model& m, float* x, float* state, float* logits, int64_t B) {      \
+    rwkv7_step<Lane>(m, x, state, logits, B);                                                          \
   }                                                                                                    \
   }

@@ -34,22 +34,23 @@ constexpr const char* kVectorNames[kLayerVectors] = {
 constexpr const char* kMatrixNames[kLayerMatrices] = {"att.key", "att.value", "att.receptance", "att.output",
                                                       "ffn.key", "ffn.receptance", "ffn.value"};
 
-const float* vector_ptr(const Tensor& t, int64_t C, const std::string& name) {
-  check_defined(kOp, t, name.c_str());
-  WKV_CHECK(t.is_cpu(), kOp, ": ", name, " must be on the CPU (the fused step is a CPU kernel), got ",
+const float* vector_ptr(const char* op, const Tensor& t, int64_t C, const std::string& name) {
+  check_defined(op, t, name.c_str());
+  WKV_CHECK(t.is_cpu(), op, ": ", name, " must be on the CPU (the fused step is a CPU kernel), got ",
             device_name(t.device()));
-  check_dtype(kOp, t, name.c_str(), kFloat, "the fused step's vectors are float32");
-  check_shape(kOp, t, name.c_str(), "(C,)", {C});
-  check_contiguous(kOp, t, name.c_str());
+  check_dtype(op, t, name.c_str(), kFloat, "the fused step's vectors are float32");
+  check_shape(op, t, name.c_str(), "(C,)", {C});
+  check_contiguous(op, t, name.c_str());
   return static_cast<const float*>(t.data_ptr());
 }
 
-Matrix matrix(const Tensor& t, const Tensor& scale, int64_t rows, int64_t cols, const std::string& name) {
-  check_defined(kOp, t, name.c_str());
-  WKV_CHECK(t.is_cpu(), kOp, ": ", name, " must be on the CPU (the fused step is a CPU kernel), got ",
+Matrix matrix(const char* op, const Tensor& t, const Tensor& scale, int64_t rows, int64_t cols,
+              const std::string& name) {
+  check_defined(op, t, name.c_str());
+  WKV_CHECK(t.is_cpu(), op, ": ", name, " must be on the CPU (the fused step is a CPU kernel), got ",
             device_name(t.device()));
-  check_shape(kOp, t, name.c_str(), "(rows, cols)", {rows, cols});
-  check_contiguous(kOp, t, name.c_str());
+  check_shape(op, t, name.c_str(), "(rows, cols)", {rows, cols});
+  check_contiguous(op, t, name.c_str());
   Matrix m;
   m.w = t.data_ptr();
   m.rows = rows;
@@ -60,17 +61,17 @@ Matrix matrix(const Tensor& t, const Tensor& scale, int64_t rows, int64_t cols, 
     case ScalarType::Half: m.format = Format::F16; break;
     case ScalarType::Char: m.format = Format::I8; break;
     default:
-      WKV_CHECK_VALUE(false, kOp, ": ", name, " must have dtype torch.float32, torch.bfloat16, torch.float16 or ",
+      WKV_CHECK_VALUE(false, op, ": ", name, " must have dtype torch.float32, torch.bfloat16, torch.float16 or ",
                       "torch.int8, got ", dtype_name(t.scalar_type()));
   }
   if (m.format == Format::I8) {
     const std::string sname = name + "'s scale";
-    check_dtype(kOp, scale, sname.c_str(), kFloat, "one float32 per row of an int8 matrix");
-    check_shape(kOp, scale, sname.c_str(), "(rows,)", {rows});
-    check_contiguous(kOp, scale, sname.c_str());
+    check_dtype(op, scale, sname.c_str(), kFloat, "one float32 per row of an int8 matrix");
+    check_shape(op, scale, sname.c_str(), "(rows,)", {rows});
+    check_contiguous(op, scale, sname.c_str());
     m.scale = static_cast<const float*>(scale.data_ptr());
   } else {
-    WKV_CHECK_VALUE(!scale.defined() || scale.numel() == 0, kOp, ": ", name,
+    WKV_CHECK_VALUE(!scale.defined() || scale.numel() == 0, op, ": ", name,
                     " is not int8, so its scale must be an empty tensor, got shape ", scale.sizes());
   }
   return m;
@@ -107,13 +108,13 @@ Tensor rwkv4_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
   m.L = L;
   m.eps = float(eps);
   m.eps_out = float(eps_out);
-  m.ln0_w = vector_ptr(vectors[0], C, "ln0.weight");
-  m.ln0_b = vector_ptr(vectors[1], C, "ln0.bias");
+  m.ln0_w = vector_ptr(kOp, vectors[0], C, "ln0.weight");
+  m.ln0_b = vector_ptr(kOp, vectors[1], C, "ln0.bias");
   std::vector<Rwkv4Layer> layers(L);
   for (int64_t l = 0; l < L; ++l) {
     const float* p[kLayerVectors];
     for (int i = 0; i < kLayerVectors; ++i) {
-      p[i] = vector_ptr(vectors[2 + l * kLayerVectors + i], C, message("layer ", l, " ", kVectorNames[i]));
+      p[i] = vector_ptr(kOp, vectors[2 + l * kLayerVectors + i], C, message("layer ", l, " ", kVectorNames[i]));
     }
     Rwkv4Layer& ly = layers[l];
     ly.ln1_w = p[0], ly.ln1_b = p[1], ly.ln2_w = p[2], ly.ln2_b = p[3], ly.w = p[4], ly.u = p[5];
@@ -123,13 +124,14 @@ Tensor rwkv4_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
                                    &ly.ffn_key, &ly.ffn_receptance, &ly.ffn_value};
     for (int i = 0; i < kLayerMatrices; ++i) {
       const size_t j = size_t(l * kLayerMatrices + i);
-      *out[i] = matrix(matrices[j], scales[j], shapes[i][0], shapes[i][1], message("layer ", l, " ", kMatrixNames[i]));
+      *out[i] = matrix(kOp, matrices[j], scales[j], shapes[i][0], shapes[i][1],
+                       message("layer ", l, " ", kMatrixNames[i]));
     }
   }
   m.layers = layers.data();
-  m.ln_out_w = vector_ptr(vectors[2 + kLayerVectors * L], C, "ln_out.weight");
-  m.ln_out_b = vector_ptr(vectors[3 + kLayerVectors * L], C, "ln_out.bias");
-  m.head = matrix(matrices.back(), scales.back(), V, C, "head");
+  m.ln_out_w = vector_ptr(kOp, vectors[2 + kLayerVectors * L], C, "ln_out.weight");
+  m.ln_out_b = vector_ptr(kOp, vectors[3 + kLayerVectors * L], C, "ln_out.bias");
+  m.head = matrix(kOp, matrices.back(), scales.back(), V, C, "head");
 
   Tensor logits = new_tensor({B, V}, kFloat, x);
   if (B == 0) return logits;
@@ -150,13 +152,108 @@ Tensor rwkv4_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
   return logits;
 }
 
+constexpr const char* kOp7 = "wkv.rwkv7_step";
+constexpr int kLayerVectors7 = 19, kLayerMatrices7 = 14;
+constexpr const char* kVectorNames7[kLayerVectors7] = {
+    "ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.x_r", "att.x_w", "att.x_k", "att.x_v", "att.x_a",
+    "att.x_g", "att.w0", "att.a0", "att.v0", "att.k_k", "att.k_a", "att.r_k", "att.ln_x.weight", "att.ln_x.bias",
+    "ffn.x_k"};
+constexpr const char* kMatrixNames7[kLayerMatrices7] = {
+    "att.receptance", "att.key", "att.value", "att.output", "att.w1.T", "att.w2.T", "att.a1.T", "att.a2.T",
+    "att.v1.T", "att.v2.T", "att.g1.T", "att.g2.T", "ffn.key", "ffn.value"};
+
+// rwkv7_step(x, state!, vectors, matrices, scales, eps, eps_out, head_size) -> logits
+// vectors (float32, (C,)): ln0.weight, ln0.bias; per layer the 19 of kVectorNames7 (r_k flattened);
+// ln_out.weight, ln_out.bias. matrices: per layer the 14 of kMatrixNames7 (the low-rank ones
+// transposed: (out, in)); head. state: (B, L, 2 + N, C) float32.
+Tensor rwkv7_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vectors,
+                  const std::vector<Tensor>& matrices, const std::vector<Tensor>& scales, double eps,
+                  double eps_out, int64_t head_size) {
+  const char* op = kOp7;
+  check_defined(op, x, "x");
+  check_defined(op, state, "state");
+  WKV_CHECK_VALUE(x.dim() == 2, op, ": x must have shape (B, C), got ", x.sizes());
+  check_dtype(op, x, "x", kFloat, "the embedding rows in float32");
+  WKV_CHECK(x.is_cpu() && state.is_cpu(), op, ": x and state must be on the CPU, got ", device_name(x.device()),
+            " and ", device_name(state.device()));
+  const int64_t B = x.size(0), C = x.size(1), N = head_size;
+  WKV_CHECK_VALUE(N >= 1 && C % N == 0, op, ": head_size must divide C = ", C, ", got ", N);
+  WKV_CHECK_VALUE(matrices.size() >= 1 && (matrices.size() - 1) % kLayerMatrices7 == 0, op,
+                  ": matrices must hold 14 per layer and the head, got ", matrices.size());
+  const int64_t L = int64_t(matrices.size() - 1) / kLayerMatrices7;
+  WKV_CHECK_VALUE(L >= 1, op, ": the model must have at least one layer");
+  WKV_CHECK_VALUE(int64_t(vectors.size()) == 4 + kLayerVectors7 * L, op, ": vectors must hold ",
+                  4 + kLayerVectors7 * L, " tensors for ", L, " layers, got ", vectors.size());
+  WKV_CHECK_VALUE(scales.size() == matrices.size(), op, ": scales must hold one tensor per matrix (",
+                  matrices.size(), "), got ", scales.size());
+  check_dtype(op, state, "state", kFloat, "the recurrent state in float32");
+  check_shape(op, state, "state", "(B, L, 2 + N, C)", {B, L, 2 + N, C});
+  check_contiguous(op, state, "state");
+  auto rows = [&](size_t i) { return matrices[i].defined() && matrices[i].dim() == 2 ? matrices[i].size(0) : 0; };
+  const int64_t Dw = rows(4), Da = rows(6), Dv = rows(8), Dg = rows(10), F = rows(12), V = rows(matrices.size() - 1);
+  WKV_CHECK_VALUE(Dw > 0 && Da > 0 && Dv > 0 && Dg > 0 && F > 0 && V > 0, op,
+                  ": the low-rank matrices, ffn.key and head must be 2-D with at least one row");
+
+  Rwkv7Model m;
+  m.C = C, m.F = F, m.V = V, m.L = L, m.N = N;
+  m.eps = float(eps), m.eps_out = float(eps_out);
+  m.ln0_w = vector_ptr(op, vectors[0], C, "ln0.weight");
+  m.ln0_b = vector_ptr(op, vectors[1], C, "ln0.bias");
+  std::vector<Rwkv7Layer> layers(L);
+  for (int64_t l = 0; l < L; ++l) {
+    const float* p[kLayerVectors7];
+    for (int i = 0; i < kLayerVectors7; ++i) {
+      p[i] = vector_ptr(op, vectors[2 + l * kLayerVectors7 + i], C, message("layer ", l, " ", kVectorNames7[i]));
+    }
+    Rwkv7Layer& y = layers[l];
+    const float** fields[kLayerVectors7] = {&y.ln1_w, &y.ln1_b, &y.ln2_w, &y.ln2_b, &y.x_r, &y.x_w, &y.x_k,
+                                            &y.x_v, &y.x_a, &y.x_g, &y.w0, &y.a0, &y.v0, &y.k_k, &y.k_a,
+                                            &y.r_k, &y.ln_x_w, &y.ln_x_b, &y.ffn_x_k};
+    for (int i = 0; i < kLayerVectors7; ++i) *fields[i] = p[i];
+    const int64_t shapes[kLayerMatrices7][2] = {{C, C}, {C, C}, {C, C}, {C, C}, {Dw, C}, {C, Dw}, {Da, C},
+                                                {C, Da}, {Dv, C}, {C, Dv}, {Dg, C}, {C, Dg}, {F, C}, {C, F}};
+    Matrix* out[kLayerMatrices7] = {&y.receptance, &y.key, &y.value, &y.output, &y.w1t, &y.w2t, &y.a1t,
+                                    &y.a2t, &y.v1t, &y.v2t, &y.g1t, &y.g2t, &y.ffn_key, &y.ffn_value};
+    for (int i = 0; i < kLayerMatrices7; ++i) {
+      const size_t j = size_t(l * kLayerMatrices7 + i);
+      *out[i] = matrix(op, matrices[j], scales[j], shapes[i][0], shapes[i][1],
+                       message("layer ", l, " ", kMatrixNames7[i]));
+    }
+  }
+  m.layers = layers.data();
+  m.ln_out_w = vector_ptr(op, vectors[2 + kLayerVectors7 * L], C, "ln_out.weight");
+  m.ln_out_b = vector_ptr(op, vectors[3 + kLayerVectors7 * L], C, "ln_out.bias");
+  m.head = matrix(op, matrices.back(), scales.back(), V, C, "head");
+
+  Tensor logits = new_tensor({B, V}, kFloat, x);
+  if (B == 0) return logits;
+  std::vector<float> xs(size_t(B * C));
+  const Tensor xc = as_contiguous(x, kFloat);
+  std::memcpy(xs.data(), xc.data_ptr(), sizeof(float) * size_t(B * C));
+  float* sp = static_cast<float*>(state.data_ptr());
+  float* lp = static_cast<float*>(logits.data_ptr());
+  switch (current_isa()) {
+#if defined(WKV_HAVE_X86_KERNELS)
+    case Isa::Avx512: rwkv7_step_avx512(m, xs.data(), sp, lp, B); break;
+    case Isa::Avx2: rwkv7_step_avx2(m, xs.data(), sp, lp, B); break;
+#endif
+    default: rwkv7_step_scalar(m, xs.data(), sp, lp, B); break;
+  }
+  return logits;
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_FRAGMENT(wkv, m) {
   m.def("rwkv4_step(Tensor x, Tensor(a!) state, Tensor[] vectors, Tensor[] matrices, Tensor[] scales, "
         "float eps, float eps_out) -> Tensor");
+  m.def("rwkv7_step(Tensor x, Tensor(a!) state, Tensor[] vectors, Tensor[] matrices, Tensor[] scales, "
+        "float eps, float eps_out, int head_size) -> Tensor");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(wkv, CPU, m) { m.impl("rwkv4_step", TORCH_BOX(&rwkv4_step)); }
+STABLE_TORCH_LIBRARY_IMPL(wkv, CPU, m) {
+  m.impl("rwkv4_step", TORCH_BOX(&rwkv4_step));
+  m.impl("rwkv7_step", TORCH_BOX(&rwkv7_step));
+}
 
 }  // namespace wkv::step

@@ -1,9 +1,10 @@
-"""The fused single-token step for CPU generation: ``torch.ops.wkv.rwkv4_step`` (csrc/step/) runs
-every layer of one token per batch row in one call — no per-op dispatch, the matrix-vector
-products threaded over their rows with SIMD dot products over the weight's own format.
+"""The fused single-token step for CPU generation: ``torch.ops.wkv.rwkv4_step`` and
+``rwkv7_step`` (csrc/step/) run every layer of one token per batch row in one call — no per-op
+dispatch, the matrix-vector products threaded over their rows with SIMD dot products over the
+weight's own format.
 
-    plan = FusedStep(model)                 # or model.fuse_step(); weights referenced, not copied
-    logits = plan.step_(tokens, state)      # as model.step_: the state (B, L, 5, C) in place
+    plan = FusedStep(model)                 # RWKV-4 or RWKV-7; fp32 weights referenced, not copied
+    logits = plan.step_(tokens, state)      # as model.step_: the state updated in place
     plan = FusedStep(model, weights="int8") # int8 weights, one float32 scale per row (a copy)
 
 Weight formats: "fp32", "bf16", "fp16" (the matrices in that dtype: half the bytes read per
@@ -47,46 +48,72 @@ def _vector(t):
 
 
 class FusedStep:
-    """The fused step of an RWKV-4 model (``rwkv4.model.RWKV``) on the CPU, with its weights in
-    one of FORMATS (default: the model's dtype)."""
+    """The fused step of an RWKV-4 (``RWKV``) or RWKV-7 (``RWKV7``) model on the CPU, with its weight
+    matrices in one of FORMATS (default: the model's dtype; float64 reads float32)."""
 
     def __init__(self, model, weights=None):
         if weights is not None and weights not in FORMATS:
             raise ValueError(f"weights must be one of {', '.join(FORMATS)} or None (the model's dtype), "
                              f"got {weights!r}")
-        if getattr(model, "generation", None) != 4:
-            raise ValueError(f"the fused step supports RWKV-4 models so far, got {type(model).__name__}")
+        generation = getattr(model, "generation", None)
+        if generation not in (4, 7):
+            raise ValueError(f"the fused step runs RWKV-4 and RWKV-7 models, got {type(model).__name__}")
         device = model.emb.weight.device
         if device.type != "cpu":
             raise ValueError(f"the fused step is a CPU kernel; the model is on {device}")
-        self.model, self.weights = model, weights
+        self.model, self.weights, self.generation = model, weights, generation
+        self.vectors, self.matrices, self.scales = [], [], []
+        (self._rwkv4 if generation == 4 else self._rwkv7)(model)
+        self.eps, self.eps_out = float(model.config.layer_norm_eps), float(model.ln_out.eps)
+        self.weight_bytes = sum(m.numel() * m.element_size() for m in self.matrices) + sum(
+            s.numel() * 4 for s in self.scales)
+
+    def _add(self, w, transpose=False):
+        q, s = _matrix(w.detach().t() if transpose else w, self.weights)
+        self.matrices.append(q)
+        self.scales.append(s)
+
+    def _rwkv4(self, model):
         blocks = model.blocks
-        vectors = [_vector(blocks[0].ln0.weight), _vector(blocks[0].ln0.bias)]
-        matrices, scales = [], []
-
-        def add(linear):
-            q, s = _matrix(linear.weight, weights)
-            matrices.append(q)
-            scales.append(s)
-
+        self.vectors += [_vector(blocks[0].ln0.weight), _vector(blocks[0].ln0.bias)]
         for b in blocks:
             att, ffn = b.att, b.ffn
-            vectors += [_vector(b.ln1.weight), _vector(b.ln1.bias), _vector(b.ln2.weight), _vector(b.ln2.bias),
-                        -torch.exp(_vector(att.time_decay)), _vector(att.time_first), _vector(att.time_mix_k),
-                        _vector(att.time_mix_v), _vector(att.time_mix_r), _vector(ffn.time_mix_k),
-                        _vector(ffn.time_mix_r)]
+            self.vectors += [_vector(b.ln1.weight), _vector(b.ln1.bias), _vector(b.ln2.weight), _vector(b.ln2.bias),
+                             -torch.exp(_vector(att.time_decay)), _vector(att.time_first), _vector(att.time_mix_k),
+                             _vector(att.time_mix_v), _vector(att.time_mix_r), _vector(ffn.time_mix_k),
+                             _vector(ffn.time_mix_r)]
             for linear in (att.key, att.value, att.receptance, att.output, ffn.key, ffn.receptance, ffn.value):
-                add(linear)
-        vectors += [_vector(model.ln_out.weight), _vector(model.ln_out.bias)]
-        add(model.head)
-        self.vectors, self.matrices, self.scales = vectors, matrices, scales
-        self.eps, self.eps_out = float(model.config.layer_norm_eps), float(model.ln_out.eps)
-        self.weight_bytes = sum(m.numel() * m.element_size() for m in matrices) + sum(
-            s.numel() * 4 for s in scales)
+                self._add(linear.weight)
+        self.vectors += [_vector(model.ln_out.weight), _vector(model.ln_out.bias)]
+        self._add(model.head.weight)
+
+    def _rwkv7(self, model):
+        blocks = model.blocks
+        self.vectors += [_vector(blocks[0].ln0.weight), _vector(blocks[0].ln0.bias)]
+        for b in blocks:
+            att, ffn = b.att, b.ffn
+            self.vectors += [_vector(t) for t in (
+                b.ln1.weight, b.ln1.bias, b.ln2.weight, b.ln2.bias, att.x_r, att.x_w, att.x_k, att.x_v, att.x_a,
+                att.x_g, att.w0, att.a0, att.v0, att.k_k, att.k_a, att.r_k, att.ln_x.weight, att.ln_x.bias,
+                ffn.x_k)]
+            for linear in (att.receptance, att.key, att.value, att.output):
+                self._add(linear.weight)
+            for name in ("w", "a", "v", "g"):  # the low-rank pairs as (out, in): x @ w1 is w1.T x
+                self._add(getattr(att, f"{name}1"), transpose=True)
+                self._add(getattr(att, f"{name}2"), transpose=True)
+            self._add(ffn.key.weight)
+            self._add(ffn.value.weight)
+        self.vectors += [_vector(model.ln_out.weight), _vector(model.ln_out.bias)]
+        self._add(model.head.weight)
+        self.head_size = model.config.head_size
 
     @torch.no_grad()
     def step_(self, tokens, state):
-        """One token per batch row: logits (B, vocab) in float32; ``state`` (B, L, 5, C) float32
-        updated in place, as ``model.step_``."""
+        """One token per batch row: logits (B, vocab) in float32; ``state`` (float32, the model's
+        layout) updated in place, as ``model.step_``."""
         x = self.model.emb.weight[tokens.view(-1)].float()
-        return torch.ops.wkv.rwkv4_step(x, state, self.vectors, self.matrices, self.scales, self.eps, self.eps_out)
+        if self.generation == 4:
+            return torch.ops.wkv.rwkv4_step(x, state, self.vectors, self.matrices, self.scales, self.eps,
+                                            self.eps_out)
+        return torch.ops.wkv.rwkv7_step(x, state, self.vectors, self.matrices, self.scales, self.eps, self.eps_out,
+                                        self.head_size)

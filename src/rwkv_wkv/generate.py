@@ -58,9 +58,9 @@ def _main(argv):
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", default="fp32", choices=[*DTYPES, "int8"],
-                   help="weights' format (default fp32). On the CPU an RWKV-4 model generates through the fused "
-                        "step with its matrices in this format (int8: per-row scales; the prompt runs in fp32); "
-                        "elsewhere the model is cast to it (int8: CPU fused step only)")
+                   help="weights' format (default fp32). On the CPU the model generates through the fused step "
+                        "with its matrices in this format (int8: per-row scales; the prompt runs in fp32); "
+                        "elsewhere (and for fp64) the model is cast to it (int8: CPU fused step only)")
     p.add_argument("--no-fused", action="store_true",
                    help="generate with the Python step (the fused step's reference) instead of the fused one")
     return run(p.parse_args(argv))
@@ -107,9 +107,9 @@ def run(args):
     prompts = [tok.encode(text) for text in args.prompt]
     if not all(prompts):
         raise UsageError("a prompt encodes to no tokens")
-    fused = device.type == "cpu" and model.generation == 4 and not args.no_fused and args.dtype != "fp64"
+    fused = device.type == "cpu" and not args.no_fused and args.dtype != "fp64"
     if args.dtype == "int8" and not fused:
-        raise UsageError("--dtype int8 is a format of the fused step: RWKV-4 on the CPU, without --no-fused")
+        raise UsageError("--dtype int8 is a format of the fused step: on the CPU, without --no-fused")
     if fused:  # the prompt in float32 GPT mode, every new token one fused call on the chosen format
         model = model.float().eval()
         fused = FusedStep(model, weights=args.dtype)
