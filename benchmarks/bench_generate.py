@@ -188,6 +188,43 @@ def format_table(records):
     return "\n".join(lines)
 
 
+@torch.inference_mode()
+def quality(path, formats, n_tokens):
+    """Each format's held-out loss, token by token through the fused step (what generation reads),
+    against the Python step in fp32: a trained byte-level checkpoint (the trainer's model.pth, RWKV-4
+    or RWKV-7) on the first n_tokens of the built-in corpus's test split (held out from its training)."""
+    from rwkv_wkv import from_checkpoint
+    from rwkv_wkv.data import load_corpus
+
+    model = from_checkpoint(path).float().eval()
+    if model.config.vocab_size != 256:
+        raise UsageError(f"--quality needs a byte-level checkpoint (vocabulary 256), got {model.config.vocab_size}")
+    text = torch.from_numpy(load_corpus(None).test[: n_tokens + 1].astype("int64"))
+    rows = []
+
+    def nll(step):
+        state = model.init_state(1)
+        total = 0.0
+        for t in range(n_tokens):
+            logits = step(text[t:t + 1], state)
+            total -= torch.log_softmax(logits[0].float(), -1)[text[t + 1]].item()
+        return total / n_tokens
+
+    base = nll(model.step_)
+    rows.append({"format": "python step fp32", "nll": base})
+    for fmt in formats:
+        plan = FusedStep(model, weights=fmt)
+        rows.append({"format": f"fused {fmt}", "nll": nll(plan.step_)})
+    lines = [f"held-out loss, {path} (RWKV-{model.generation} L{model.config.n_layer}-d{model.config.n_embd}), "
+             f"first {n_tokens} bytes of the built-in corpus's test split:", "",
+             "| format | nats / byte | vs fp32 |", "|---|---:|---:|"]
+    for r in rows:
+        r["rel_vs_fp32"] = r["nll"] / base - 1
+        lines.append(f"| {r['format']} | {r['nll']:.4f} | {100 * r['rel_vs_fp32']:+.2f}% |")
+    print("\n".join(lines))
+    return rows
+
+
 def main(argv=None):
     p = ArgumentParser(__doc__)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -201,6 +238,9 @@ def main(argv=None):
     p.add_argument("--no-chatrwkv", action="store_true", help="skip the rwkv package even if installed")
     p.add_argument("--no-chatrwkv-i8", dest="chatrwkv_i8", action="store_false",
                    help="skip ChatRWKV's cpu fp32i8 (slow: ~0.5 s per token at L12-d768)")
+    p.add_argument("--quality", default=None, metavar="CKPT",
+                   help="instead of timing: each format's held-out loss with this trained byte-level checkpoint")
+    p.add_argument("--quality-tokens", type=int, default=4000, help="held-out bytes scored by --quality")
     p.add_argument("--json", default=None, help="write the records to this JSON file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -216,6 +256,12 @@ def main(argv=None):
         raise UsageError(f"--batch must be comma-separated integers, got {args.batch!r}") from e
     if any(b < 1 for b in args.batch):
         raise UsageError(f"--batch sizes must be >= 1, got {args.batch}")
+    if args.quality:
+        records = quality(args.quality, args.formats, args.quality_tokens)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(records, f, indent=1)
+        return records
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# generation benchmark: {where}, torch {torch.__version__}", file=sys.stderr)
     records = []

@@ -166,3 +166,18 @@ def test_bench_model7_runs(tmp_path, capsys):
         assert rec["max_rel_diff_vs_chatrwkv"] < 1e-3 and rec["chatrwkv_token_ms"] > 0
     printed = capsys.readouterr().out
     assert "| L1-d64" in printed and "naive loop over T" in printed
+
+
+def test_bench_generate_quality(tmp_path, capsys):
+    """--quality: each format's held-out loss through the fused step, against the Python step."""
+    spec = importlib.util.spec_from_file_location("bench_generate", ROOT / "benchmarks" / "bench_generate.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from rwkv_wkv import RWKV, RWKVConfig
+
+    torch.manual_seed(0)
+    RWKV(RWKVConfig(vocab_size=256, n_layer=1, n_embd=32)).save_rwkv_lm(tmp_path / "m.pth")
+    rows = bench.main(["--quality", str(tmp_path / "m.pth"), "--quality-tokens", "20", "--formats", "fp32,int8"])
+    assert [r["format"] for r in rows] == ["python step fp32", "fused fp32", "fused int8"]
+    assert abs(rows[1]["rel_vs_fp32"]) < 1e-5 and all(r["nll"] > 0 for r in rows)
+    assert "| fused int8 |" in capsys.readouterr().out
