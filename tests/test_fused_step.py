@@ -104,6 +104,9 @@ def test_fp32_generation_is_identical_to_the_python_step(generation):
     want = model.generate(prompt, 30, temperature=1.0, top_p=0.9, seed=3)
     got = model.generate(prompt, 30, temperature=1.0, top_p=0.9, seed=3, fused_step=FusedStep(model))
     assert torch.equal(got, want)
+    assert torch.equal(model.generate(prompt, 30, temperature=1.0, top_p=0.9, seed=3, fused_step=True), want)
+    int8 = model.generate(prompt, 30, temperature=0, fused_step="int8")
+    assert int8.shape == want.shape and isinstance(model.fused_step("int8"), FusedStep)
 
 
 def test_clear_errors():

@@ -91,8 +91,9 @@ class LanguageModel(nn.Module):
         step is captured once as a CUDA graph and replayed (``cuda_graph=False`` to run it
         eagerly). ``stream``: called with each new (B,) tensor of ids as it is sampled.
         ``vocab_limit``: only ids below it are ever produced (a tokenizer smaller than the model's
-        padded vocabulary cannot decode the rest). ``fused_step``: a ``rwkv_wkv.fused_step.FusedStep``
-        of this model, whose single call per token replaces the Python step on the CPU. Returns
+        padded vocabulary cannot decode the rest). ``fused_step`` (CPU): a ``FusedStep`` of this model
+        (``model.fused_step(weights)``), or True / a weight format ("fp32", "bf16", "fp16", "int8")
+        to build one: its single call per token replaces the Python step. Returns
         (B, T + new), or for a list of prompts of different lengths a list of B 1-D tensors."""
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -121,7 +122,9 @@ class LanguageModel(nn.Module):
         else:
             logits, _, state = self.forward(idx, state=None, return_state=True, last_only=True)
             logits = logits[:, -1]
-        if fused_step is not None:
+        if fused_step is True or isinstance(fused_step, str):
+            fused_step = self.fused_step(None if fused_step is True else fused_step)
+        if fused_step is not None and fused_step is not False:
             step = lambda tokens: fused_step.step_(tokens, state)  # noqa: E731
         elif cuda_graph and device.type == "cuda":
             step = self._graphed_step(state)
@@ -145,6 +148,15 @@ class LanguageModel(nn.Module):
         if ragged:
             return [torch.cat([p[0], row]) for p, row in zip(prompts, result)]
         return result[0] if squeeze else result
+
+    def fused_step(self, weights=None):
+        """The fused single-token step of this model for CPU generation (``rwkv_wkv.fused_step``):
+        every layer in one call, the weight matrices in ``weights`` ("fp32", "bf16", "fp16",
+        "int8" with per-row scales; None: the model's dtype). Its ``step_(tokens, state)`` is
+        ``model.step_``'s; ``model.generate(..., fused_step=plan)`` uses it."""
+        from .fused_step import FusedStep
+
+        return FusedStep(self, weights)
 
     def _graphed_step(self, state):
         """The in-place step on `state` captured as a CUDA graph: returns step(tokens) -> logits
