@@ -59,8 +59,8 @@ def test_fused_equals_python_step(isa, B, generation):
     assert rel(state, ref_state) < 1e-5
 
 
-@pytest.mark.parametrize("shape", [(16, 64, 1, 17, 4), (33, 50, 2, 5, 4), (128, 512, 2, 1000, 4),
-                                   (16, 64, 1, 17, 7), (128, 512, 2, 1000, 7)])
+@pytest.mark.parametrize("shape", [(16, 64, 1, 17, 4), (33, 50, 2, 5, 4), (128, 512, 2, 1000, 4), (40, 24, 2, 9, 4),
+                                   (16, 64, 1, 17, 7), (128, 512, 2, 1000, 7), (40, 24, 2, 9, 7)])
 def test_shapes(shape):
     C, F, L, V, generation = shape
     model = random_model(C, F, L, V, generation=generation)

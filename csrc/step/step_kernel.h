@@ -156,8 +156,8 @@ inline void mix4(const float* x, const float* prev, const float* mix, int64_t C,
 template <class L>
 void rwkv4_step(const wkv::step::Rwkv4Model& m, float* x, float* state, float* logits, int64_t B) {
   const int64_t C = m.C, F = m.F, Lyr = m.L;
-  // scratch, per batch row: ln outputs, the mixed inputs, projections (F >= C covers every width)
-  std::vector<float> buf(size_t(B) * size_t(8 * C + 2 * F));
+  // scratch, per batch row: ln output, mixed inputs, projections (C each), the ffn key (F) and receptance (C)
+  std::vector<float> buf(size_t(B) * size_t(9 * C + F));
   float* xa = buf.data();    // (B, C) ln1 / ln2 output
   float* in0 = xa + B * C;   // (B, C) mixed inputs
   float* in1 = in0 + B * C;
@@ -167,7 +167,7 @@ void rwkv4_step(const wkv::step::Rwkv4Model& m, float* x, float* state, float* l
   float* r = v + B * C;
   float* o = r + B * C;      // (B, C) attention / value output
   float* kf = o + B * C;     // (B, F) ffn key
-  float* rf = kf + B * F;    // (B, C) ffn receptance (F >= C is not needed: sized F)
+  float* rf = kf + B * F;    // (B, C) ffn receptance
   const int64_t S = 5 * C;   // one layer's state rows
   for (int64_t b = 0; b < B; ++b) layer_norm(x + b * C, m.ln0_w, m.ln0_b, m.eps, C, x + b * C);
   for (int64_t l = 0; l < Lyr; ++l) {
