@@ -77,28 +77,72 @@ Matrix matrix(const char* op, const Tensor& t, const Tensor& scale, int64_t rows
   return m;
 }
 
+// The checks both ops share: x (B, C) float32 on the CPU, the list lengths for a whole number of
+// layers (`per_layer` vectors and matrices each, plus the ends). Returns L.
+int64_t check_lists(const char* op, const Tensor& x, const Tensor& state, const std::vector<Tensor>& vectors,
+                    const std::vector<Tensor>& matrices, const std::vector<Tensor>& scales, int vectors_per_layer,
+                    int matrices_per_layer) {
+  check_defined(op, x, "x");
+  check_defined(op, state, "state");
+  WKV_CHECK_VALUE(x.dim() == 2, op, ": x must have shape (B, C), got ", x.sizes());
+  check_dtype(op, x, "x", kFloat, "the embedding rows in float32");
+  WKV_CHECK(x.is_cpu() && state.is_cpu(), op, ": x and state must be on the CPU, got ", device_name(x.device()),
+            " and ", device_name(state.device()));
+  WKV_CHECK_VALUE(matrices.size() > 1 && (matrices.size() - 1) % matrices_per_layer == 0, op, ": matrices must hold ",
+                  matrices_per_layer, " per layer and the head, got ", matrices.size());
+  const int64_t L = int64_t(matrices.size() - 1) / matrices_per_layer;
+  WKV_CHECK_VALUE(int64_t(vectors.size()) == 4 + vectors_per_layer * L, op, ": vectors must hold ",
+                  4 + vectors_per_layer * L, " tensors for ", L, " layers, got ", vectors.size());
+  WKV_CHECK_VALUE(scales.size() == matrices.size(), op, ": scales must hold one tensor per matrix (",
+                  matrices.size(), "), got ", scales.size());
+  check_dtype(op, state, "state", kFloat, "the recurrent state in float32");
+  check_contiguous(op, state, "state");
+  return L;
+}
+
+int64_t rows_of(const std::vector<Tensor>& matrices, size_t i) {
+  return matrices[i].defined() && matrices[i].dim() == 2 ? matrices[i].size(0) : 0;
+}
+
+// The three kernels of a step (the SIMD units exist on x86 builds only).
+#if defined(WKV_HAVE_X86_KERNELS)
+#define WKV_STEP_KERNELS(name) &name##_avx512, &name##_avx2, &name##_scalar
+#else
+#define WKV_STEP_KERNELS(name) nullptr, nullptr, &name##_scalar
+#endif
+
+// Runs the kernel of the current instruction set on a scratch copy of x (the residual stream).
+template <class Model>
+using Kernel = void (*)(const Model&, float* x, float* state, float* logits, int64_t B);
+
+template <class Model>
+Tensor run(const Tensor& x, Tensor& state, const Model& m, Kernel<Model> avx512, Kernel<Model> avx2,
+           Kernel<Model> scalar) {
+  const int64_t B = x.size(0), C = x.size(1);
+  Tensor logits = new_tensor({B, m.V}, kFloat, x);
+  if (B == 0) return logits;
+  std::vector<float> xs(size_t(B * C));
+  const Tensor xc = as_contiguous(x, kFloat);
+  std::memcpy(xs.data(), xc.data_ptr(), sizeof(float) * size_t(B * C));
+  float* sp = static_cast<float*>(state.data_ptr());
+  float* lp = static_cast<float*>(logits.data_ptr());
+  switch (current_isa()) {
+#if defined(WKV_HAVE_X86_KERNELS)
+    case Isa::Avx512: avx512(m, xs.data(), sp, lp, B); break;
+    case Isa::Avx2: avx2(m, xs.data(), sp, lp, B); break;
+#endif
+    default: scalar(m, xs.data(), sp, lp, B); break;
+  }
+  return logits;
+}
+
 Tensor rwkv4_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vectors,
                   const std::vector<Tensor>& matrices, const std::vector<Tensor>& scales, double eps,
                   double eps_out) {
-  check_defined(kOp, x, "x");
-  check_defined(kOp, state, "state");
-  WKV_CHECK_VALUE(x.dim() == 2, kOp, ": x must have shape (B, C), got ", x.sizes());
-  check_dtype(kOp, x, "x", kFloat, "the embedding rows in float32");
-  WKV_CHECK(x.is_cpu() && state.is_cpu(), kOp, ": x and state must be on the CPU, got ", device_name(x.device()),
-            " and ", device_name(state.device()));
+  const int64_t L = check_lists(kOp, x, state, vectors, matrices, scales, kLayerVectors, kLayerMatrices);
   const int64_t B = x.size(0), C = x.size(1);
-  WKV_CHECK_VALUE(matrices.size() >= 1 && (matrices.size() - 1) % kLayerMatrices == 0, kOp,
-                  ": matrices must hold 7 per layer and the head, got ", matrices.size());
-  const int64_t L = int64_t(matrices.size() - 1) / kLayerMatrices;
-  WKV_CHECK_VALUE(int64_t(vectors.size()) == 4 + kLayerVectors * L, kOp, ": vectors must hold ",
-                  4 + kLayerVectors * L, " tensors for ", L, " layers, got ", vectors.size());
-  WKV_CHECK_VALUE(scales.size() == matrices.size(), kOp, ": scales must hold one tensor per matrix (",
-                  matrices.size(), "), got ", scales.size());
-  check_dtype(kOp, state, "state", kFloat, "the recurrent state in float32");
   check_shape(kOp, state, "state", "(B, L, 5, C)", {B, L, 5, C});
-  check_contiguous(kOp, state, "state");
-  const int64_t F = matrices[4].defined() && matrices[4].dim() == 2 ? matrices[4].size(0) : 0;
-  const int64_t V = matrices.back().defined() && matrices.back().dim() == 2 ? matrices.back().size(0) : 0;
+  const int64_t F = rows_of(matrices, 4), V = rows_of(matrices, matrices.size() - 1);
   WKV_CHECK_VALUE(F > 0 && V > 0, kOp, ": ffn.key and head must be 2-D with at least one row");
 
   Rwkv4Model m;
@@ -132,24 +176,7 @@ Tensor rwkv4_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
   m.ln_out_w = vector_ptr(kOp, vectors[2 + kLayerVectors * L], C, "ln_out.weight");
   m.ln_out_b = vector_ptr(kOp, vectors[3 + kLayerVectors * L], C, "ln_out.bias");
   m.head = matrix(kOp, matrices.back(), scales.back(), V, C, "head");
-
-  Tensor logits = new_tensor({B, V}, kFloat, x);
-  if (B == 0) return logits;
-  // the residual stream: a scratch copy of x
-  std::vector<float> xs(size_t(B * C));
-  const Tensor xc = as_contiguous(x, kFloat);
-  std::memcpy(xs.data(), xc.data_ptr(), sizeof(float) * size_t(B * C));
-  float* xp = xs.data();
-  float* sp = static_cast<float*>(state.data_ptr());
-  float* lp = static_cast<float*>(logits.data_ptr());
-  switch (current_isa()) {
-#if defined(WKV_HAVE_X86_KERNELS)
-    case Isa::Avx512: rwkv4_step_avx512(m, xp, sp, lp, B); break;
-    case Isa::Avx2: rwkv4_step_avx2(m, xp, sp, lp, B); break;
-#endif
-    default: rwkv4_step_scalar(m, xp, sp, lp, B); break;
-  }
-  return logits;
+  return run(x, state, m, WKV_STEP_KERNELS(rwkv4_step));
 }
 
 constexpr const char* kOp7 = "wkv.rwkv7_step";
@@ -170,27 +197,12 @@ Tensor rwkv7_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
                   const std::vector<Tensor>& matrices, const std::vector<Tensor>& scales, double eps,
                   double eps_out, int64_t head_size) {
   const char* op = kOp7;
-  check_defined(op, x, "x");
-  check_defined(op, state, "state");
-  WKV_CHECK_VALUE(x.dim() == 2, op, ": x must have shape (B, C), got ", x.sizes());
-  check_dtype(op, x, "x", kFloat, "the embedding rows in float32");
-  WKV_CHECK(x.is_cpu() && state.is_cpu(), op, ": x and state must be on the CPU, got ", device_name(x.device()),
-            " and ", device_name(state.device()));
+  const int64_t L = check_lists(op, x, state, vectors, matrices, scales, kLayerVectors7, kLayerMatrices7);
   const int64_t B = x.size(0), C = x.size(1), N = head_size;
   WKV_CHECK_VALUE(N >= 1 && C % N == 0, op, ": head_size must divide C = ", C, ", got ", N);
-  WKV_CHECK_VALUE(matrices.size() >= 1 && (matrices.size() - 1) % kLayerMatrices7 == 0, op,
-                  ": matrices must hold 14 per layer and the head, got ", matrices.size());
-  const int64_t L = int64_t(matrices.size() - 1) / kLayerMatrices7;
-  WKV_CHECK_VALUE(L >= 1, op, ": the model must have at least one layer");
-  WKV_CHECK_VALUE(int64_t(vectors.size()) == 4 + kLayerVectors7 * L, op, ": vectors must hold ",
-                  4 + kLayerVectors7 * L, " tensors for ", L, " layers, got ", vectors.size());
-  WKV_CHECK_VALUE(scales.size() == matrices.size(), op, ": scales must hold one tensor per matrix (",
-                  matrices.size(), "), got ", scales.size());
-  check_dtype(op, state, "state", kFloat, "the recurrent state in float32");
   check_shape(op, state, "state", "(B, L, 2 + N, C)", {B, L, 2 + N, C});
-  check_contiguous(op, state, "state");
-  auto rows = [&](size_t i) { return matrices[i].defined() && matrices[i].dim() == 2 ? matrices[i].size(0) : 0; };
-  const int64_t Dw = rows(4), Da = rows(6), Dv = rows(8), Dg = rows(10), F = rows(12), V = rows(matrices.size() - 1);
+  const int64_t Dw = rows_of(matrices, 4), Da = rows_of(matrices, 6), Dv = rows_of(matrices, 8),
+                Dg = rows_of(matrices, 10), F = rows_of(matrices, 12), V = rows_of(matrices, matrices.size() - 1);
   WKV_CHECK_VALUE(Dw > 0 && Da > 0 && Dv > 0 && Dg > 0 && F > 0 && V > 0, op,
                   ": the low-rank matrices, ffn.key and head must be 2-D with at least one row");
 
@@ -224,22 +236,7 @@ Tensor rwkv7_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
   m.ln_out_w = vector_ptr(op, vectors[2 + kLayerVectors7 * L], C, "ln_out.weight");
   m.ln_out_b = vector_ptr(op, vectors[3 + kLayerVectors7 * L], C, "ln_out.bias");
   m.head = matrix(op, matrices.back(), scales.back(), V, C, "head");
-
-  Tensor logits = new_tensor({B, V}, kFloat, x);
-  if (B == 0) return logits;
-  std::vector<float> xs(size_t(B * C));
-  const Tensor xc = as_contiguous(x, kFloat);
-  std::memcpy(xs.data(), xc.data_ptr(), sizeof(float) * size_t(B * C));
-  float* sp = static_cast<float*>(state.data_ptr());
-  float* lp = static_cast<float*>(logits.data_ptr());
-  switch (current_isa()) {
-#if defined(WKV_HAVE_X86_KERNELS)
-    case Isa::Avx512: rwkv7_step_avx512(m, xs.data(), sp, lp, B); break;
-    case Isa::Avx2: rwkv7_step_avx2(m, xs.data(), sp, lp, B); break;
-#endif
-    default: rwkv7_step_scalar(m, xs.data(), sp, lp, B); break;
-  }
-  return logits;
+  return run(x, state, m, WKV_STEP_KERNELS(rwkv7_step));
 }
 
 }  // namespace

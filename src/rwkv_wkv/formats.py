@@ -78,6 +78,21 @@ def config_from_dict(config_cls, path, cfg, ctx_len, generation):
         raise ValueError(f"{path}: its config does not describe an RWKV-{generation} model ({e})") from e
 
 
+def write_hf(directory, config, tensors):
+    """A Hugging Face directory: ``tensors`` (name -> tensor) as model.safetensors (written then
+    renamed) and ``config`` as config.json."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError as e:
+        raise ImportError("writing safetensors needs the safetensors package: pip install 'rwkv_wkv[hf]'") from e
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, "model.safetensors.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
+    os.replace(tmp, os.path.join(directory, "model.safetensors"))
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+
+
 def save_state_dict(sd, path):
     """The tensors of ``sd`` on the CPU, written to ``path`` atomically (a .tmp, then renamed)."""
     tmp = f"{path}.tmp"

@@ -9,11 +9,10 @@ our ``blocks.0.att.time_decay``), so conversion is a renaming. transformers is n
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
-from ..formats import hf_model_type, read_hf_config
+from ..formats import hf_model_type, read_hf_config, write_hf
 from ..formats import read_hf_tensors as _read_tensors
 from .config import RWKVConfig
 
@@ -115,12 +114,7 @@ def load_hf(directory, ctx_len=None):
 def save_hf(model, directory):
     """Writes `model` as a directory RwkvForCausalLM.from_pretrained loads: config.json and
     model.safetensors (weights in their current dtype, on the CPU)."""
-    try:
-        from safetensors.torch import save_file
-    except ImportError as e:
-        raise ImportError("writing safetensors needs the safetensors package: pip install 'rwkv_wkv[hf]'") from e
     c = model.config
-    os.makedirs(directory, exist_ok=True)
     config = {
         "architectures": ["RwkvForCausalLM"],
         "model_type": "rwkv",
@@ -138,9 +132,4 @@ def save_hf(model, directory):
         "use_cache": True,
         "torch_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
     }
-    tensors = {_to_hf_name(k): v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = os.path.join(directory, "model.safetensors.tmp")
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    os.replace(tmp, os.path.join(directory, "model.safetensors"))
-    with open(os.path.join(directory, CONFIG), "w") as f:
-        json.dump(config, f, indent=2)
+    write_hf(directory, config, {_to_hf_name(k): v for k, v in model.state_dict().items()})

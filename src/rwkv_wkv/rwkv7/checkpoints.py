@@ -13,7 +13,6 @@ module never imports the model.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -21,7 +20,15 @@ import torch
 
 from .. import checkpoint as trainer_checkpoint
 from ..errors import first_line
-from ..formats import build, check_generation, config_from_dict, read_hf_config, read_hf_tensors, save_state_dict
+from ..formats import (
+    build,
+    check_generation,
+    config_from_dict,
+    read_hf_config,
+    read_hf_tensors,
+    save_state_dict,
+    write_hf,
+)
 from .config import RWKV7Config
 
 CONFIG = "config.json"
@@ -86,12 +93,7 @@ def _to_fla(name, tensor):
 
 def save_hf(model, directory):
     """An fla-hub directory: config.json (fla's keys, model_type rwkv7) and model.safetensors."""
-    try:
-        from safetensors.torch import save_file
-    except ImportError as e:
-        raise ImportError("writing safetensors needs the safetensors package: pip install 'rwkv_wkv[hf]'") from e
     c = model.config
-    os.makedirs(directory, exist_ok=True)
     config = {
         "architectures": ["RWKV7ForCausalLM"], "model_type": "rwkv7", "attn_mode": "chunk",
         "vocab_size": c.vocab_size, "hidden_size": c.n_embd, "num_hidden_layers": c.n_layer,
@@ -108,12 +110,8 @@ def save_hf(model, directory):
         if name == "initial_state" or name in _UNUSED:  # fla's block 0 has no value residual
             continue
         fla_name, t = _to_fla(name, t)
-        tensors[fla_name] = t.detach().cpu().contiguous()
-    tmp = os.path.join(directory, "model.safetensors.tmp")
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    os.replace(tmp, os.path.join(directory, "model.safetensors"))
-    with open(os.path.join(directory, CONFIG), "w") as f:
-        json.dump(config, f, indent=2)
+        tensors[fla_name] = t
+    write_hf(directory, config, tensors)
 
 
 def _read_config(directory):
