@@ -61,15 +61,16 @@ def test_fused_equals_python_step(isa, B, generation):
 
 @pytest.mark.parametrize("shape", [(16, 64, 1, 17, 4), (33, 50, 2, 5, 4), (128, 512, 2, 1000, 4), (40, 24, 2, 9, 4),
                                    (16, 64, 1, 17, 7), (128, 512, 2, 1000, 7), (40, 24, 2, 9, 7)])
-def test_shapes(shape):
+@pytest.mark.parametrize("weights", ["fp32", "int8"])  # int8: the integer dot product's 64-blocks and their tails
+def test_shapes(shape, weights):
     C, F, L, V, generation = shape
     model = random_model(C, F, L, V, generation=generation)
-    plan = FusedStep(model)
+    plan = FusedStep(model, weights=weights)
     state, ref_state = model.init_state(2), model.init_state(2)
     tokens = torch.tensor([1, V - 1])
     with torch.no_grad():
         want = model.step_(tokens, ref_state)
-    assert rel(plan.step_(tokens, state), want) < 1e-5
+    assert rel(plan.step_(tokens, state), want) < FORMAT_ERROR[weights]
 
 
 @pytest.mark.parametrize("generation", [4, 7])

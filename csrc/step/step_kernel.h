@@ -33,7 +33,67 @@ struct Job {
   int64_t ldx;
   float* y;
   int64_t ldy;
+  // int8 weights on a CPU with AVX-512 VNNI: the inputs quantized in blocks of 64 (uint8 with +128
+  // offset, one float scale per block; gemv_many fills these), so the dot product runs on integers
+  const uint8_t* xq = nullptr;
+  const float* xscale = nullptr;
 };
+
+#if defined(WKV_STEP_VNNI)
+// Inputs of an int8 product, quantized per block of 64: q = round(x / s) + 128 in [1, 255],
+// s = max |x| / 127 over the block (the last block may be partial).
+void quantize_blocks(const float* x, int64_t cols, uint8_t* q, float* scale) {
+  for (int64_t k0 = 0, blk = 0; k0 < cols; k0 += 64, ++blk) {
+    const int64_t n = std::min<int64_t>(64, cols - k0);
+    float mx = 0.0f;
+    for (int64_t i = 0; i < n; ++i) mx = std::max(mx, std::fabs(x[k0 + i]));
+    const float s = mx > 0.0f ? mx / 127.0f : 1.0f, inv = 1.0f / s;
+    for (int64_t i = 0; i < n; ++i) q[k0 + i] = uint8_t(int(std::nearbyint(x[k0 + i] * inv)) + 128);
+    scale[blk] = s;
+  }
+}
+
+// Rows [r0, r1) of an int8 job on integers: per block of 64, vpdpbusd sums q * w and 1 * w (the
+// +128 offset's correction) in 16 int32 lanes; the lanes are turned to float32 and added with the
+// block's input scale; the row's weight scale multiplies the sum.
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+void dot_rows_vnni(const Job& j, int64_t r0, int64_t r1, int64_t B) {
+  const int64_t cols = j.m->cols, full = cols / 64, tail = full * 64;
+  const int64_t nblk = (cols + 63) / 64;
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t o = r0; o < r1; ++o) {
+    const int8_t* w = static_cast<const int8_t*>(j.m->w) + o * cols;
+    for (int64_t b = 0; b < B; ++b) {
+      const uint8_t* q = j.xq + b * nblk * 64;
+      const float* xs = j.xscale + b * nblk;
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t blk = 0; blk < full; ++blk) {
+        const __m512i wv = _mm512_loadu_si512(w + blk * 64);
+        const __m512i qv = _mm512_loadu_si512(q + blk * 64);
+        const __m512i qw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qv, wv);
+        const __m512i sw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv);
+        const __m512i d = _mm512_sub_epi32(qw, _mm512_slli_epi32(sw, 7));  // sum (q - 128) w
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(xs[blk]), acc);
+      }
+      float s = _mm512_reduce_add_ps(acc);
+      if (tail < cols) {
+        int32_t t = 0;
+        for (int64_t i = tail; i < cols; ++i) t += (int32_t(q[i]) - 128) * int32_t(w[i]);
+        s += float(t) * xs[full];
+      }
+      j.y[b * j.ldy + o] = s * j.m->scale[o];
+    }
+  }
+}
+
+bool cpu_has_vnni() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+  }();
+  return has;
+}
+#endif
 
 template <class L, class W>
 inline typename L::V load_w(const W* p) {
@@ -105,14 +165,51 @@ void run_rows(const Job& j, int64_t r0, int64_t r1, int64_t B) {
     case Format::F32: job_rows<L, float>(j, r0, r1, B); break;
     case Format::BF16: job_rows<L, Bf16>(j, r0, r1, B); break;
     case Format::F16: job_rows<L, Half16>(j, r0, r1, B); break;
-    case Format::I8: job_rows<L, int8_t>(j, r0, r1, B); break;
+    case Format::I8:
+#if defined(WKV_STEP_VNNI)
+      if (j.xq != nullptr) {
+        dot_rows_vnni(j, r0, r1, B);
+        break;
+      }
+#endif
+      job_rows<L, int8_t>(j, r0, r1, B);
+      break;
   }
 }
 
 // Several products in one parallel region: their rows are one range, split evenly over the
 // threads in blocks of 16 rows (whole cache lines of the output).
 template <class L>
-void gemv_many(const Job* jobs, int n, int64_t B) {
+void gemv_many(const Job* in, int n, int64_t B) {
+  Job jobs[8];
+  std::copy(in, in + n, jobs);
+#if defined(WKV_STEP_VNNI)
+  std::vector<uint8_t> qbuf;
+  std::vector<float> sbuf;
+  if (cpu_has_vnni()) {  // quantize the inputs of the int8 products, once per call
+    int64_t qn = 0, sn = 0;
+    for (int i = 0; i < n; ++i) {
+      if (jobs[i].m->format != Format::I8) continue;
+      const int64_t nblk = (jobs[i].m->cols + 63) / 64;
+      qn += B * nblk * 64;
+      sn += B * nblk;
+    }
+    qbuf.resize(size_t(qn));
+    sbuf.resize(size_t(sn));
+    int64_t qo = 0, so = 0;
+    for (int i = 0; i < n; ++i) {
+      if (jobs[i].m->format != Format::I8) continue;
+      const int64_t cols = jobs[i].m->cols, nblk = (cols + 63) / 64;
+      for (int64_t b = 0; b < B; ++b)
+        quantize_blocks(jobs[i].x + b * jobs[i].ldx, cols, qbuf.data() + qo + b * nblk * 64,
+                        sbuf.data() + so + b * nblk);
+      jobs[i].xq = qbuf.data() + qo;
+      jobs[i].xscale = sbuf.data() + so;
+      qo += B * nblk * 64;
+      so += B * nblk;
+    }
+  }
+#endif
   int64_t starts[9];
   starts[0] = 0;
   for (int i = 0; i < n; ++i) starts[i + 1] = starts[i] + jobs[i].m->rows;

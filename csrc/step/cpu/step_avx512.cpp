@@ -2,6 +2,10 @@
 // that has it: step_ops.cpp asks csrc/common/cpu_isa at run time).
 #include "common/vec_avx512.h"
 
+// int8 weights also get a dot product on integers where the CPU has AVX-512 VNNI (checked at run
+// time; its functions carry their own target attribute, so this unit needs no further flags)
+#define WKV_STEP_VNNI 1
+
 namespace {
 inline F32x16 load_i8(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
