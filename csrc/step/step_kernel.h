@@ -244,6 +244,28 @@ inline void layer_norm(const float* x, const float* w, const float* b, float eps
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
+// x += o over n floats (the residual adds).
+inline void add_into(float* x, const float* o, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) x[i] += o[i];
+}
+
+// relu(k)^2 in place (both generations' channel mix).
+inline void relu_square(float* k, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float t = std::max(k[i], 0.0f);
+    k[i] = t * t;
+  }
+}
+
+// The end of a step: ln_out of the residual stream x into `scratch`, then the head into logits.
+template <class L, class Model>
+void ln_out_and_head(const Model& m, const float* x, float* scratch, float* logits, int64_t B) {
+  for (int64_t b = 0; b < B; ++b) layer_norm(x + b * m.C, m.ln_out_w, m.ln_out_b, m.eps_out, m.C, scratch + b * m.C);
+  const Job head[1] = {{&m.head, scratch, m.C, logits, m.V}};
+  gemv_many<L>(head, 1, B);
+}
+
 // Token-shift mix as RWKV-4 writes it: x * mix + prev * (1 - mix).
 inline void mix4(const float* x, const float* prev, const float* mix, int64_t C, float* out) {
 #pragma omp simd
@@ -306,9 +328,7 @@ void rwkv4_step(const wkv::step::Rwkv4Model& m, float* x, float* state, float* l
     }
     const Job out[1] = {{&ly.att_output, in0, C, o, C}};
     gemv_many<L>(out, 1, B);
-    for (int64_t b = 0; b < B; ++b)
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) x[b * C + c] += o[b * C + c];
+    add_into(x, o, B * C);
     // ---- channel mix ----
     for (int64_t b = 0; b < B; ++b) {
       float* st = state + (b * Lyr + l) * S + 4 * C;
@@ -320,18 +340,13 @@ void rwkv4_step(const wkv::step::Rwkv4Model& m, float* x, float* state, float* l
     }
     const Job kr[2] = {{&ly.ffn_key, in0, C, kf, F}, {&ly.ffn_receptance, in1, C, rf, C}};
     gemv_many<L>(kr, 2, B);
-    for (int64_t i = 0; i < B * F; ++i) {
-      const float t = std::max(kf[i], 0.0f);
-      kf[i] = t * t;
-    }
+    relu_square(kf, B * F);
     const Job val[1] = {{&ly.ffn_value, kf, F, o, C}};
     gemv_many<L>(val, 1, B);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t c = 0; c < C; ++c) x[b * C + c] += sigmoid(rf[b * C + c]) * o[b * C + c];
   }
-  for (int64_t b = 0; b < B; ++b) layer_norm(x + b * C, m.ln_out_w, m.ln_out_b, m.eps_out, C, xa + b * C);
-  const Job head[1] = {{&m.head, xa, C, logits, m.V}};
-  gemv_many<L>(head, 1, B);
+  ln_out_and_head<L>(m, x, xa, logits, B);
 }
 
 // RWKV-7's token-shift mix: x + (prev - x) * mix.
@@ -444,9 +459,7 @@ void rwkv7_step(const wkv::step::Rwkv7Model& m, float* x, float* state, float* l
     }
     const Job out[1] = {{&ly.output, y, C, o, C}};
     gemv_many<L>(out, 1, B);
-    for (int64_t b = 0; b < B; ++b)
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) x[b * C + c] += o[b * C + c];
+    add_into(x, o, B * C);
     // ---- channel mix ----
     for (int64_t b = 0; b < B; ++b) {
       float* st = state + (b * Lyr + l) * S + C;
@@ -457,19 +470,12 @@ void rwkv7_step(const wkv::step::Rwkv7Model& m, float* x, float* state, float* l
     }
     const Job key[1] = {{&ly.ffn_key, xk, C, kf, F}};
     gemv_many<L>(key, 1, B);
-    for (int64_t i = 0; i < B * F; ++i) {
-      const float t = std::max(kf[i], 0.0f);
-      kf[i] = t * t;
-    }
+    relu_square(kf, B * F);
     const Job val[1] = {{&ly.ffn_value, kf, F, o, C}};
     gemv_many<L>(val, 1, B);
-    for (int64_t b = 0; b < B; ++b)
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) x[b * C + c] += o[b * C + c];
+    add_into(x, o, B * C);
   }
-  for (int64_t b = 0; b < B; ++b) layer_norm(x + b * C, m.ln_out_w, m.ln_out_b, m.eps_out, C, xa + b * C);
-  const Job head[1] = {{&m.head, xa, C, logits, m.V}};
-  gemv_many<L>(head, 1, B);
+  ln_out_and_head<L>(m, x, xa, logits, B);
 }
 
 }  // namespace
