@@ -10,8 +10,9 @@ and one decoded token's logits are compared before anything is timed. Measured s
 one run (medians after a warm-up; ratios are the claims):
   prefill  one call over a P-token prompt, logits of its last position only; tokens/s = P / time
            (theirs: its sequence mode, which on a CPU is a Python loop over T per layer)
-  token    one single-token step continuing a state (ours: RWKV7.step_, in place, weights in
-           to_inference_layout(); theirs: forward([token], state))
+  token    one single-token step continuing a state (ours: the fused step, torch.ops.wkv.rwkv7_step,
+           fp32 — what generate uses on the CPU — and the Python step RWKV7.step_ on
+           to_inference_layout() weights; theirs: forward([token], state))
   floor    (per token) reading every weight once: the weight bytes without the embedding (a step
            reads one row of it) over the memory bandwidth measured now (a sum over 1 GiB)
   train    tokens/s of a training step (forward, backward, AdamW) on a batch of --train-batch
@@ -148,7 +149,8 @@ def bench_shape(n_layer, n_embd, a, use_chatrwkv):
         with naive_wkv7():
             rec["naive_train_tok_s"] = train_tokens_per_s(model, a.train_batch, a.train_ctx, a.train_steps)
         model = make_model(n_layer, n_embd, a.head_size, a.vocab)  # the weights ChatRWKV has
-    model = model.eval().to_inference_layout()
+    fused = model.eval().fused_step()  # (before the inference layout: it reads the rows as stored)
+    model = model.to_inference_layout()
     with torch.inference_mode():
         logits, _, state = model(prompt, return_state=True, last_only=True)
         step_logits = model.step(torch.tensor([5]), state)[0][0]
@@ -162,6 +164,11 @@ def bench_shape(n_layer, n_embd, a, use_chatrwkv):
         tok = torch.tensor([5])
         st = state.clone()
         rec["ours_token_ms"] = timed(lambda: model.step_(tok, st), a.tokens) * 1e3
+        fused_err = rel(fused.step_(torch.tensor([5]), state.clone())[0], step_logits)
+        if not fused_err < 1e-4:
+            raise SystemExit(f"the fused step disagrees with the Python step at {rec['shape']}: {fused_err:.3g}")
+        st = state.clone()
+        rec["ours_fused_token_ms"] = timed(lambda: fused.step_(tok, st), a.tokens) * 1e3
         if theirs is not None:
             rec["chatrwkv_prefill_s"] = timed(lambda: theirs.forward(prompt[0].tolist(), None), a.repeats)
             _, their_state = theirs.forward(prompt[0].tolist(), None)
@@ -175,15 +182,17 @@ def format_tables(records):
     lines = ["| shape | impl | prefill tok/s | per-token ms | tokens/s | ours vs ChatRWKV (prefill / token) "
              "| token / floor |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in records:
-        for impl in ("ours", "chatrwkv"):
+        for impl, label in (("ours_fused", "ours (fused step)"), ("ours", "ours (python step)"),
+                            ("chatrwkv", "chatrwkv")):
             if f"{impl}_token_ms" not in r:
                 continue
             ms = r[f"{impl}_token_ms"]
+            pre = "ours" if impl.startswith("ours") else impl
             vs = "-"
-            if impl == "ours" and "chatrwkv_token_ms" in r:
+            if impl.startswith("ours") and "chatrwkv_token_ms" in r:
                 vs = f"{r['chatrwkv_prefill_s'] / r['ours_prefill_s']:.1f}x / {r['chatrwkv_token_ms'] / ms:.2f}x"
-            lines.append(f"| {r['shape']} ({r['params_m']:.0f}M) | {impl} | "
-                         f"{r['prefill_tokens'] / r[f'{impl}_prefill_s']:,.0f} | {ms:.2f} | {1e3 / ms:.1f} | {vs} | "
+            lines.append(f"| {r['shape']} ({r['params_m']:.0f}M) | {label} | "
+                         f"{r['prefill_tokens'] / r[f'{pre}_prefill_s']:,.0f} | {ms:.2f} | {1e3 / ms:.1f} | {vs} | "
                          f"{ms / r['floor_token_ms']:.2f} |")
         lines.append(f"| {r['shape']} | floor ({r['weight_mb_per_token']:.0f} MB at {r['bandwidth_gbs']:.1f} GB/s) "
                      f"| - | {r['floor_token_ms']:.2f} | {1e3 / r['floor_token_ms']:.1f} | - | 1.00 |")

@@ -161,7 +161,7 @@ def test_bench_model7_runs(tmp_path, capsys):
                 "--repeats", "1", "--train-ctx", "8", "--train-steps", "1", "--json", str(out)])
     (rec,) = json.loads(out.read_text())
     assert rec["ours_token_ms"] > 0 and rec["ours_prefill_s"] > 0 and rec["floor_token_ms"] > 0
-    assert rec["ours_train_tok_s"] > 0 and rec["naive_train_tok_s"] > 0
+    assert rec["ours_train_tok_s"] > 0 and rec["naive_train_tok_s"] > 0 and rec["ours_fused_token_ms"] > 0
     if importlib.util.find_spec("rwkv") is not None:
         assert rec["max_rel_diff_vs_chatrwkv"] < 1e-3 and rec["chatrwkv_token_ms"] > 0
     printed = capsys.readouterr().out
