@@ -116,6 +116,8 @@ def test_clear_errors():
         FusedStep(model, weights="int4")
     with pytest.raises(ValueError, match="the fused step runs RWKV-4 and RWKV-7 models, got Linear"):
         FusedStep(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="the fused step computes in float32"):
+        FusedStep(random_model().double())
     plan = FusedStep(model)
     state = model.init_state(1)
     x = model.emb.weight[:1].detach()

@@ -184,8 +184,10 @@ void gemv_many(const Job* in, int n, int64_t B) {
   Job jobs[8];
   std::copy(in, in + n, jobs);
 #if defined(WKV_STEP_VNNI)
-  std::vector<uint8_t> qbuf;
-  std::vector<float> sbuf;
+  // (gemv_many runs on the calling thread, outside any parallel region: one buffer per thread,
+  // grown once, serves every call)
+  static thread_local std::vector<uint8_t> qbuf;
+  static thread_local std::vector<float> sbuf;
   if (cpu_has_vnni()) {  // quantize the inputs of the int8 products, once per call
     int64_t qn = 0, sn = 0;
     for (int i = 0; i < n; ++i) {
@@ -194,8 +196,8 @@ void gemv_many(const Job* in, int n, int64_t B) {
       qn += B * nblk * 64;
       sn += B * nblk;
     }
-    qbuf.resize(size_t(qn));
-    sbuf.resize(size_t(sn));
+    if (qbuf.size() < size_t(qn)) qbuf.resize(size_t(qn));
+    if (sbuf.size() < size_t(sn)) sbuf.resize(size_t(sn));
     int64_t qo = 0, so = 0;
     for (int i = 0; i < n; ++i) {
       if (jobs[i].m->format != Format::I8) continue;

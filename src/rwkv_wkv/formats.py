@@ -22,12 +22,15 @@ def generation_of(sd) -> int | None:
     return None
 
 
-def check_generation(sd, generation, path):
-    """A one-line ValueError when the state dict ``sd`` (from ``path``) is of another generation."""
-    other = generation_of(sd)
+def _refuse_other_generation(path, other, generation):
     if other is not None and other != generation:
         raise ValueError(f"{path}: an RWKV-{other} checkpoint, not RWKV-{generation}: load it with "
                          f"rwkv_wkv.from_checkpoint (any generation)")
+
+
+def check_generation(sd, generation, path):
+    """A one-line ValueError when the state dict ``sd`` (from ``path``) is of another generation."""
+    _refuse_other_generation(path, generation_of(sd), generation)
 
 
 def hf_model_type(directory):
@@ -65,10 +68,7 @@ def config_from_dict(config_cls, path, cfg, ctx_len, generation):
     """``config_cls(**cfg)`` (a trainer checkpoint's config, whose "generation" is 7 for RWKV-7 and
     absent for RWKV-4), ctx_len overriding; a config of another generation, or one that does not
     fit, is one ValueError line naming ``path``."""
-    other = cfg.get("generation", 4)
-    if other != generation:
-        raise ValueError(f"{path}: an RWKV-{other} checkpoint, not RWKV-{generation}: load it with "
-                         f"rwkv_wkv.from_checkpoint (any generation)")
+    _refuse_other_generation(path, cfg.get("generation", 4), generation)
     cfg = dict(cfg)
     if ctx_len is not None:
         cfg["ctx_len"] = ctx_len
@@ -100,7 +100,7 @@ def save_state_dict(sd, path):
     os.replace(tmp, path)
 
 
-def read_hf_tensors(directory, config_name="config.json"):
+def read_hf_tensors(directory):
     """Every tensor of a save_pretrained directory, by its Hugging Face name. A missing weight
     file is FileNotFoundError, an unreadable one ValueError, each naming the file."""
     files = sorted(os.listdir(directory))
@@ -130,7 +130,7 @@ def read_hf_tensors(directory, config_name="config.json"):
         return tensors
     bins = [f for f in files if f.startswith("pytorch_model") and f.endswith(".bin")]
     if not bins:
-        raise ValueError(f"{directory}: no model.safetensors or pytorch_model.bin next to {config_name}")
+        raise ValueError(f"{directory}: no model.safetensors or pytorch_model.bin next to config.json")
     tensors = {}
     for b in bins:
         file = os.path.join(directory, b)
@@ -143,7 +143,6 @@ def read_hf_tensors(directory, config_name="config.json"):
             raise ValueError(f"{file}: expected a dict of tensors, got {type(loaded).__name__}")
         tensors.update(loaded)
     return tensors
-
 
 
 def build(cls, config, sd, path):
@@ -180,5 +179,3 @@ def build(cls, config, sd, path):
                          + "; ".join(problems))
     model.load_state_dict(sd, strict=True)
     return model
-
-

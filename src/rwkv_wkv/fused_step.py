@@ -38,8 +38,6 @@ def _matrix(w, weights):
     if weights == "int8":
         return quantize_rows(w)
     dtype = FORMATS[weights] if weights is not None else w.dtype
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        dtype = torch.float32  # (a float64 model: its fused step reads float32 weights)
     return w.to(dtype).contiguous(), w.new_empty(0, dtype=torch.float32)
 
 
@@ -49,7 +47,7 @@ def _vector(t):
 
 class FusedStep:
     """The fused step of an RWKV-4 (``RWKV``) or RWKV-7 (``RWKV7``) model on the CPU, with its weight
-    matrices in one of FORMATS (default: the model's dtype; float64 reads float32)."""
+    matrices in one of FORMATS (default: the model's dtype: float32, bfloat16 or float16)."""
 
     def __init__(self, model, weights=None):
         if weights is not None and weights not in FORMATS:
@@ -61,6 +59,9 @@ class FusedStep:
         device = model.emb.weight.device
         if device.type != "cpu":
             raise ValueError(f"the fused step is a CPU kernel; the model is on {device}")
+        if model.emb.weight.dtype == torch.float64:
+            raise ValueError("the fused step computes in float32 (its state too); a float64 model generates with "
+                             "the Python step (model.step_)")
         self.model, self.weights, self.generation = model, weights, generation
         self.vectors, self.matrices, self.scales = [], [], []
         (self._rwkv4 if generation == 4 else self._rwkv7)(model)

@@ -145,12 +145,11 @@ def run(args):
     t0 = time.perf_counter()
     out = model.generate(torch.tensor(prompts[0]) if single else prompts, args.max_new_tokens,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                         stream=show, vocab_limit=vocab_limit, fused_step=fused or None)
+                         stream=show, vocab_limit=vocab_limit, fused_step=fused)
     if single:
         sys.stdout.write("\n")
     else:
-        rows = out if isinstance(out, list) else list(out)
-        for i, (text, ids, row) in enumerate(zip(args.prompt, prompts, rows)):
+        for i, (text, ids, row) in enumerate(zip(args.prompt, prompts, out)):
             completion = tok.decode(row[len(ids):].tolist())
             sys.stdout.write(f"{'' if i == 0 else chr(10)}--- {i + 1} ---\n{text}{completion}\n")
     sys.stdout.flush()
@@ -158,9 +157,9 @@ def run(args):
     gen_s = times[-1] - times[0]
     n_prompt = sum(len(p) for p in prompts)
     rate = f"{(len(times) - 1) * len(prompts) / gen_s:.1f} tokens/s" if len(times) > 1 and gen_s > 0 else "-"
-    rows = "" if single else f" x {len(prompts)} prompts"
+    batch = "" if single else f" x {len(prompts)} prompts"
     print(f"# prompt: {n_prompt} tokens in {prompt_s:.3f} s ({n_prompt / prompt_s:.1f} tokens/s, first token "
-          f"included); generation: {len(times)} tokens{rows}, {rate}", file=sys.stderr, flush=True)
+          f"included); generation: {len(times)} tokens{batch}, {rate}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -124,7 +124,7 @@ class LanguageModel(nn.Module):
             logits = logits[:, -1]
         if fused_step is True or isinstance(fused_step, str):
             fused_step = self.fused_step(None if fused_step is True else fused_step)
-        if fused_step is not None and fused_step is not False:
+        if fused_step:
             step = lambda tokens: fused_step.step_(tokens, state)  # noqa: E731
         elif cuda_graph and device.type == "cuda":
             step = self._graphed_step(state)
@@ -183,7 +183,6 @@ class LanguageModel(nn.Module):
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
-
 
     def config_dict(self):
         return asdict(self.config)

@@ -53,10 +53,11 @@ def wkv_state(state):
     return state[..., 2:, :].view(*state.shape[:-2], C // N, N, N)
 
 
-def _layer_state(att_last, ffn_last, wkv, dtype):
-    """One layer's state (B, 2 + N, C) from its three parts (differentiable)."""
+def _layer_state(att_last, ffn_last, wkv):
+    """One layer's state (B, 2 + N, C), in the WKV state's (math) dtype, from its three parts
+    (differentiable)."""
     B, H, N, _ = wkv.shape
-    return torch.cat([att_last[:, None].to(dtype), ffn_last[:, None].to(dtype), wkv.reshape(B, N, H * N).to(dtype)],
+    return torch.cat([att_last[:, None].to(wkv.dtype), ffn_last[:, None].to(wkv.dtype), wkv.reshape(B, N, H * N)],
                      dim=1)
 
 
@@ -184,7 +185,7 @@ class Block(nn.Module):
         a, v_first, att_last, wkv_new = self.att(self.ln1(x), v_first, att_shift, wkv)
         x = x + a
         f, ffn_last = self.ffn(self.ln2(x), ffn_shift)
-        return x + f, v_first, _layer_state(att_last, ffn_last, wkv_new, wkv_new.dtype)
+        return x + f, v_first, _layer_state(att_last, ffn_last, wkv_new)
 
     def step_into(self, x, v_first, state, out):
         """One token (x: (B, C)) from this layer's state (B, 2 + N, C) into ``out``, which may be
