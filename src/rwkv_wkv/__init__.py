@@ -13,12 +13,12 @@ checkpoint formats; ``rwkv_wkv.rwkv7``: the same for RWKV-7), beside what they s
 (``models``: ``from_checkpoint`` for any generation; ``lm`` / ``layers`` / ``formats``: what the
 models and their checkpoint formats share; ``_library``: the compiled library; ``tokenizer``,
 ``data``/``tokens``, ``sampling``, ``checkpoint``/``training``/``train``: the one trainer,
-``generate``, ``errors``). See README.md and docs/.
+``generate``, ``export``: pt2 / AOTInductor / ONNX programs, ``errors``). See README.md and docs/.
 """
 
 import sys as _sys
 
-from ._library import build_info, cpu_isa, cuda_chunk_length, cuda_plan
+from ._library import build_info, cpu_isa, cuda_chunk_length, cuda_plan, library_path
 from .models import from_checkpoint
 from .rwkv4 import hf as _hf
 from .rwkv4 import model as _model
@@ -52,6 +52,7 @@ __all__ = [
     "WKVFunction",
     "reference",
     "build_info",
+    "library_path",
     "cpu_isa",
     "cuda_chunk_length",
     "cuda_plan",

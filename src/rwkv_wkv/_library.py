@@ -9,10 +9,8 @@ import torch
 _loaded = False
 
 
-def load() -> None:
-    global _loaded
-    if _loaded:
-        return
+def library_path() -> str:
+    """The path of the compiled operator library, rwkv_wkv/_C.so (not loaded by this call)."""
     # find_spec works for regular and editable (redirecting) installs alike.
     spec = importlib.util.find_spec("rwkv_wkv._C")
     if spec is None or spec.origin is None:
@@ -22,11 +20,19 @@ def load() -> None:
             "    pip install --no-build-isolation .\n"
             "(nothing is compiled at import time)."
         )
+    return spec.origin
+
+
+def load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    path = library_path()
     try:
-        torch.ops.load_library(spec.origin)
+        torch.ops.load_library(path)
     except OSError as e:
         raise ImportError(
-            f"rwkv_wkv: could not load {spec.origin}: {e}\n"
+            f"rwkv_wkv: could not load {path}: {e}\n"
             f"The library is built on torch's stable ABI and loads under torch >= 2.10 (running: "
             f"{torch.__version__}, CUDA {torch.version.cuda or 'none'}). A CUDA wheel needs a CUDA "
             f"build of torch with the same CUDA major version; the CPU wheel works with any. "
