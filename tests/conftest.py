@@ -97,3 +97,14 @@ def exact_cached(B, T, C, seed, kind, dtype_name):
     k, v = k.to(dtype), v.to(dtype)
     pdtype = torch.float64 if dtype == torch.float64 else torch.float32
     return wkv_exact(td.to(pdtype), tf.to(pdtype), k, v)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (AOTInductor compiles, the C++ runner's build) run only when asked for
+    with ``-m slow`` (.ci/run does); the default run skips them."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with `pytest -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

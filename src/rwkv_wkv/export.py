@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -152,7 +153,9 @@ def _onnx_export(model, mode, path):
     table = onnx_translation_table()
     program = PROGRAMS[mode](model).eval()
     inputs, outputs = SIGNATURES[mode]
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # (the exporter's note that the batch axis keeps one name for all inputs)
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
         onnx_program = torch.onnx.export(program, example_inputs(model, mode), dynamo=True,
                                          dynamic_shapes=dynamic_shapes(mode), input_names=inputs,
                                          output_names=outputs, custom_translation_table=table,

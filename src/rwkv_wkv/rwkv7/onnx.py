@@ -21,7 +21,8 @@ from onnxscript import opset18 as op
 
 
 @onnxscript.script()
-def wkv7_step(S: FLOAT[...], r: FLOAT[...], d: FLOAT[...], k: FLOAT[...], v: FLOAT[...], a: FLOAT[...], b: FLOAT[...]) -> tuple[FLOAT[...], FLOAT[...]]:
+def wkv7_step(S: FLOAT[...], r: FLOAT[...], d: FLOAT[...], k: FLOAT[...], v: FLOAT[...], a: FLOAT[...],
+              b: FLOAT[...]) -> tuple[FLOAT[...], FLOAT[...]]:
     """One token: S (B, H, N, N); r, d, k, v, a, b (B, H, N), d the decay. Returns y (B, H, N), S."""
     col = op.Constant(value_ints=[-1])  # as a column: (B, H, N, 1)
     row = op.Constant(value_ints=[-2])  # as a row: (B, H, 1, N)
@@ -32,7 +33,8 @@ def wkv7_step(S: FLOAT[...], r: FLOAT[...], d: FLOAT[...], k: FLOAT[...], v: FLO
 
 
 @onnxscript.script()
-def wkv7_scan(S: FLOAT[...], r: FLOAT[...], d: FLOAT[...], k: FLOAT[...], v: FLOAT[...], a: FLOAT[...], b: FLOAT[...]) -> tuple[FLOAT[...], FLOAT[...]]:
+def wkv7_scan(S: FLOAT[...], r: FLOAT[...], d: FLOAT[...], k: FLOAT[...], v: FLOAT[...], a: FLOAT[...],
+              b: FLOAT[...]) -> tuple[FLOAT[...], FLOAT[...]]:
     """r, d, k, v, a, b (B, T, H, N): the step scanned over T. Returns y (B, T, H, N) and the final S."""
 
     @onnxscript.graph()
