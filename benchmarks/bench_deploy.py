@@ -11,7 +11,8 @@ same packages from C++). Every program's logits are compared with eager before a
   prefill  one gpt call over a P-token prompt, B = 1, full logits (B, P, vocab) as the exported
            program returns them: tokens/s = P / time (ours: model(idx, return_state=True))
   token    one step continuing a state, B = 1 (ours: the fused step, what generate uses on the
-           CPU, and the Python step on to_inference_layout() weights)
+           CPU, in fp32 and int8, and the Python step on to_inference_layout() weights; AOTInductor:
+           the model's step, and packages of the fused step, export --fused fp32 / int8)
 Medians after a warm-up; the ratios are the claims.
 """
 
@@ -69,13 +70,15 @@ def onnx_runners(model, directory):
 
 
 def aoti_runners(model, directory):
+    """The gpt and step packages, and step packages of the fused CPU step (--fused fp32 / int8)."""
     runs = {}
-    for mode in ("gpt", "step"):
-        path = Path(directory) / f"{mode}.pt2"
+    for mode, fused in (("gpt", None), ("step", None), ("step", "fp32"), ("step", "int8")):
+        name = mode if fused is None else f"fused {fused}"
+        path = Path(directory) / f"{name.replace(' ', '_')}.pt2"
         t = time.perf_counter()
-        export_model(model, "aoti", mode, path)
-        print(f"# AOTInductor {mode}: compiled in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
-        runs[mode] = load_package(path)
+        export_model(model, "aoti", mode, path, fused=fused)
+        print(f"# AOTInductor {name}: compiled in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        runs[name] = load_package(path)
     return runs
 
 
@@ -87,6 +90,7 @@ def bench(n_layer, n_embd, args):
         logits, _, state = model(prompt, return_state=True)
         step_logits, _ = model.step(token, state)
     fused = model.fused_step("fp32")
+    fused_int8 = model.fused_step("int8")
     inference = make_model(n_layer, n_embd).to_inference_layout()
 
     def ours_gpt():
@@ -99,12 +103,17 @@ def bench(n_layer, n_embd, args):
         scratch.copy_(state)
         fused.step_(token, scratch)
 
+    def ours_int8():
+        scratch.copy_(state)
+        fused_int8.step_(token, scratch)
+
     def ours_python():
         with torch.no_grad():
             inference.step(token, state)
 
     impls = {"ours (eager; fused step)": {"gpt": ours_gpt, "step": ours_fused},
-             "ours (eager; Python step)": {"step": ours_python}}
+             "ours (eager; Python step)": {"step": ours_python},
+             "ours (eager; fused int8 step)": {"step": ours_int8}}
     with tempfile.TemporaryDirectory() as directory:
         exported = {"onnxruntime": onnx_runners(model, directory)}
         if args.aoti:
@@ -117,6 +126,13 @@ def bench(n_layer, n_embd, args):
             assert err_gpt < 1e-4 and err_step < 1e-4, f"{name} does not match eager"
             impls[name] = {"gpt": (lambda r: lambda: r(prompt))(runs["gpt"]),
                            "step": (lambda r: lambda: r(token, state))(runs["step"])}
+            for weights, bound in (("fp32", 1e-4), ("int8", 1e-1)):  # (int8: its format's error)
+                if f"fused {weights}" in runs:
+                    err = rel(runs[f"fused {weights}"](token, state)[0], step_logits)
+                    print(f"# {name} fused {weights} step: rel error {err:.1e}", file=sys.stderr)
+                    assert err < bound, f"{name} fused {weights} does not match eager"
+                    impls[f"{name} (fused {weights} step)"] = {
+                        "step": (lambda r: lambda: r(token, state))(runs[f"fused {weights}"])}
         records = []
         for name, fns in impls.items():
             rec = {"shape": f"L{n_layer}-d{n_embd}", "impl": name, "threads": torch.get_num_threads()}
@@ -130,7 +146,7 @@ def bench(n_layer, n_embd, args):
 
 
 def format_table(records):
-    base = {r["shape"]: r for r in records if r["impl"].startswith("ours (eager; fused")}
+    base = {r["shape"]: r for r in records if r["impl"] == "ours (eager; fused step)"}
     lines = ["| shape | implementation | prefill (tok/s) | vs ours | per token (ms) | vs ours (fused) |",
              "|---|---|---:|---:|---:|---:|"]
     for r in records:

@@ -86,6 +86,26 @@ def test_pt2_round_trip_at_other_shapes(tmp_path, generation, mode):
             assert rel(g, w) < 1e-6
 
 
+# the fused step's stated error per weight format (tests/test_fused_step.py FORMAT_ERROR)
+FUSED_ERROR = {"fp32": 1e-5, "int8": 1e-1}
+
+
+@pytest.mark.parametrize("generation", GENERATIONS)
+@pytest.mark.parametrize("weights", FUSED_ERROR)
+def test_pt2_fused_step(tmp_path, generation, weights):
+    """--fused: the step program runs the fused CPU kernel, within its format's error of eager."""
+    model = random_model(generation)
+    program = torch.export.load(export_model(model, "pt2", "step", tmp_path / "s.pt2", fused=weights)).module()
+    for B in (1, 5):
+        _, state = eager(model, "gpt", torch.randint(0, 97, (B, 6)))
+        tokens = torch.randint(0, 97, (B,))
+        before = state.clone()
+        got = program(tokens, state)
+        assert torch.equal(state, before)  # the input state is not modified
+        for g, w in zip(got, eager(model, "step", tokens, state)):
+            assert rel(g, w) < FUSED_ERROR[weights]
+
+
 def test_pt2_runs_without_importing_the_package(tmp_path):
     """The library alone (torch.ops.load_library(rwkv_wkv.library_path())) runs a program."""
     model = random_model(4)
@@ -260,6 +280,10 @@ def test_cli_writes_pt2_and_onnx(tmp_path):
     (["--format", "pt2", "--mode", "prefill"], "--mode"),
     (["--format", "pt2", "--mode", "gpt", "--out", "{tmp}/no/such/dir/m.pt2"], "does not exist"),
     (["--format", "pt2", "--mode", "gpt", "--out", "{tmp}"], "is a directory"),
+    (["--format", "onnx", "--mode", "step", "--fused", "int8"], "--mode step in the pt2 and aoti"),
+    (["--format", "aoti", "--mode", "gpt", "--fused", "fp32"], "--mode step in the pt2 and aoti"),
+    (["--format", "pt2", "--mode", "step", "--fused", "int4"], "--fused"),
+    (["--format", "pt2", "--mode", "step", "--fused", "int8", "--dtype", "bf16"], "dtype must stay fp32"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     path = saved_checkpoint(random_model(4), tmp_path)
@@ -291,14 +315,16 @@ def aoti_packages(request, tmp_path_factory):
     for mode in ("gpt", "step"):
         out = run_cli(checkpoint, "--format", "aoti", "--mode", mode, "--out", directory / f"{mode}.pt2")
         assert out.returncode == 0, out.stderr
+    out = run_cli(checkpoint, "--format", "aoti", "--mode", "step", "--fused", "fp32", "--out",
+                  directory / "fused.pt2")
+    assert out.returncode == 0, out.stderr
     return model, directory
 
 
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
     """examples/aoti_runner built with CMake against the installed torch's libtorch."""
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake is not installed")
+    assert shutil.which("cmake"), "building the C++ runner needs cmake (pip install 'cmake>=3.26')"
     build = tmp_path_factory.mktemp("runner")
     configure = ["cmake", "-S", ROOT / "examples" / "aoti_runner", "-B", build, "-DCMAKE_BUILD_TYPE=Release",
                  f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
@@ -312,6 +338,7 @@ def runner(tmp_path_factory):
 def test_aoti_in_python_equals_eager(aoti_packages):
     model, directory = aoti_packages
     gpt, step = load_package(directory / "gpt.pt2"), load_package(directory / "step.pt2")
+    fused = load_package(directory / "fused.pt2")
     for B, T in ((1, 1), (3, 40)):
         idx = torch.randint(0, 97, (B, T))
         logits, state = eager(model, "gpt", idx)
@@ -319,8 +346,9 @@ def test_aoti_in_python_equals_eager(aoti_packages):
         assert rel(got_logits, logits) < 1e-5 and rel(got_state, state) < 1e-5
         tokens = torch.randint(0, 97, (B,))
         want = eager(model, "step", tokens, state)
-        for g, w in zip(step(tokens, state), want):
-            assert rel(g, w) < 1e-5
+        for program in (step, fused):
+            for g, w in zip(program(tokens, state), want):
+                assert rel(g, w) < 1e-5
 
 
 @pytest.mark.slow
@@ -343,12 +371,14 @@ def test_aoti_loads_with_the_library_alone(aoti_packages):
 
 
 @pytest.mark.slow
-def test_cpp_runner_generates_our_tokens(aoti_packages, runner):
-    """examples/aoti_runner: no Python in the process; its greedy tokens are model.generate's."""
+@pytest.mark.parametrize("step", ["step", "fused"])
+def test_cpp_runner_generates_our_tokens(aoti_packages, runner, step):
+    """examples/aoti_runner: no Python in the process; its greedy tokens are model.generate's,
+    with the step package of the model's step and of the fused CPU step (--fused fp32)."""
     model, directory = aoti_packages
     prompt = [5, 17, 3, 88, 41, 2, 60]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    out = subprocess.run([runner, library_path(), directory / "gpt.pt2", directory / "step.pt2", "30",
+    out = subprocess.run([runner, library_path(), directory / "gpt.pt2", directory / f"{step}.pt2", "30",
                           *map(str, prompt)], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     assert [int(i) for i in out.stdout.split()] == greedy(model, prompt, 30)

@@ -5,7 +5,8 @@
 //
 // LIBRARY: rwkv_wkv's compiled operator library (`python -c "import rwkv_wkv;
 // print(rwkv_wkv.library_path())"`); the packages call its WKV ops, so it is loaded first.
-// GPT.pt2 / STEP.pt2: the model's `--mode gpt` and `--mode step` packages. The prompt's ids
+// GPT.pt2 / STEP.pt2: the model's `--mode gpt` and `--mode step` packages (the step's may run
+// the fused CPU step: `--mode step --fused fp32|bf16|fp16|int8`, 3x faster). The prompt's ids
 // run through the gpt package (one call), then each new token is the argmax of the logits and
 // one call of the step package, the state passed from call to call: what
 // `model.generate(ids, n, temperature=0)` does in Python. Prints the prompt and the new ids on

@@ -24,6 +24,18 @@ _library.load()
 FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
 
 
+# Fake kernels (shapes only), so that torch.export / AOTInductor can trace a program calling the
+# fused step (rwkv_wkv.export --fused): logits (B, vocab) in float32; the state is updated in place.
+@torch.library.register_fake("wkv::rwkv4_step")
+def _rwkv4_step_fake(x, state, vectors, matrices, scales, eps, eps_out):
+    return x.new_empty((x.shape[0], matrices[-1].shape[0]), dtype=torch.float32)
+
+
+@torch.library.register_fake("wkv::rwkv7_step")
+def _rwkv7_step_fake(x, state, vectors, matrices, scales, eps, eps_out, head_size):
+    return x.new_empty((x.shape[0], matrices[-1].shape[0]), dtype=torch.float32)
+
+
 def quantize_rows(w):
     """(int8 matrix, float32 scale per row) of a float matrix: symmetric, round to nearest."""
     w = w.detach().float()
