@@ -181,3 +181,20 @@ def test_bench_generate_quality(tmp_path, capsys):
     assert [r["format"] for r in rows] == ["python step fp32", "fused fp32", "fused int8"]
     assert abs(rows[1]["rel_vs_fp32"]) < 1e-5 and all(r["nll"] > 0 for r in rows)
     assert "| fused int8 |" in capsys.readouterr().out
+
+
+def test_bench_deploy_runs(tmp_path, capsys):
+    """benchmarks/bench_deploy.py (ONNX part; --aoti compiles and is left to the measured run):
+    validates the exported programs against eager, times them, writes its records."""
+    pytest.importorskip("onnxruntime")
+    spec = importlib.util.spec_from_file_location("bench_deploy", ROOT / "benchmarks" / "bench_deploy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "d.json"
+    bench.main(["--shapes", "L1-d32", "--prefill", "8", "--tokens", "2", "--repeats", "1", "--json", str(out)])
+    records = json.loads(out.read_text())["records"]
+    assert {r["impl"] for r in records} == {"ours (eager; fused step)", "ours (eager; Python step)",
+                                            "ours (eager; fused int8 step)", "onnxruntime"}
+    assert all(r["per_token_ms"] > 0 for r in records)
+    assert next(r for r in records if r["impl"] == "onnxruntime")["prefill_tokens_per_s"] > 0
+    assert "| L1-d32 | onnxruntime" in capsys.readouterr().out

@@ -37,6 +37,9 @@ struct Job {
   // offset, one float scale per block; gemv_many fills these), so the dot product runs on integers
   const uint8_t* xq = nullptr;
   const float* xscale = nullptr;
+  // bf16 weights on AVX-512: the inputs de-interleaved per block of 32 (see dot_rows_bf16_pairs),
+  // row b at xp + b * cols (gemv_many fills it)
+  const float* xp = nullptr;
 };
 
 #if defined(WKV_STEP_VNNI)
@@ -86,6 +89,67 @@ void dot_rows_vnni(const Job& j, int64_t r0, int64_t r1, int64_t B) {
   }
 }
 
+#endif
+
+#if defined(WKV_STEP_BF16_PAIRS)
+// bf16 weights, AVX-512: 32 weights per 512-bit load, widened without a shuffle: the even-indexed
+// ones are the low halves of the 32-bit lanes (shifted up 16 bits), the odd-indexed ones the high
+// halves (masked). The inputs are de-interleaved to match, once per call (gemv_many): per block of
+// 32, the 16 even-indexed values, then the 16 odd-indexed ones; a partial last block is copied as is.
+void deinterleave_pairs(const float* x, int64_t cols, float* out) {
+  const int64_t full = cols / 32 * 32;
+  for (int64_t k0 = 0; k0 < full; k0 += 32) {
+    for (int i = 0; i < 16; ++i) {
+      out[k0 + i] = x[k0 + 2 * i];
+      out[k0 + 16 + i] = x[k0 + 2 * i + 1];
+    }
+  }
+  for (int64_t i = full; i < cols; ++i) out[i] = x[i];
+}
+
+// Rows [r0, r1) of a bf16 job for batch rows [b0, b0 + NB): float32 products and sums, as the
+// generic path, in another order (the even and the odd weights in two accumulators).
+template <int NB>
+void dot_rows_bf16_pairs(const Job& j, int64_t r0, int64_t r1, int64_t b0) {
+  const int64_t cols = j.m->cols, full = cols / 32 * 32;
+  const Bf16* base = static_cast<const Bf16*>(j.m->w);
+  const __m512i high = _mm512_set1_epi32(int(0xFFFF0000u));
+  const float* xs[NB];
+  for (int b = 0; b < NB; ++b) xs[b] = j.xp + (b0 + b) * cols;
+  for (int64_t o = r0; o < r1; ++o) {
+    const Bf16* w = base + o * cols;
+    __m512 even[NB], odd[NB];
+    for (int b = 0; b < NB; ++b) even[b] = odd[b] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < full; i += 32) {
+      const __m512i raw = _mm512_loadu_si512(w + i);
+      const __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+      const __m512 wo = _mm512_castsi512_ps(_mm512_and_si512(raw, high));
+      for (int b = 0; b < NB; ++b) {
+        even[b] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xs[b] + i), even[b]);
+        odd[b] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xs[b] + i + 16), odd[b]);
+      }
+    }
+    for (int b = 0; b < NB; ++b) {
+      float s = _mm512_reduce_add_ps(_mm512_add_ps(even[b], odd[b]));
+      for (int64_t i = full; i < cols; ++i) s += bf16_to_float(w[i].bits) * xs[b][i];
+      j.y[(b0 + b) * j.ldy + o] = s;
+    }
+  }
+}
+
+void rows_bf16_pairs(const Job& j, int64_t r0, int64_t r1, int64_t B) {
+  int64_t b = 0;
+  for (; b + 4 <= B; b += 4) dot_rows_bf16_pairs<4>(j, r0, r1, b);
+  switch (B - b) {
+    case 3: dot_rows_bf16_pairs<3>(j, r0, r1, b); break;
+    case 2: dot_rows_bf16_pairs<2>(j, r0, r1, b); break;
+    case 1: dot_rows_bf16_pairs<1>(j, r0, r1, b); break;
+    default: break;
+  }
+}
+#endif
+
+#if defined(WKV_STEP_VNNI)
 bool cpu_has_vnni() {
   static const bool has = [] {
     __builtin_cpu_init();
@@ -163,7 +227,15 @@ template <class L>
 void run_rows(const Job& j, int64_t r0, int64_t r1, int64_t B) {
   switch (j.m->format) {
     case Format::F32: job_rows<L, float>(j, r0, r1, B); break;
-    case Format::BF16: job_rows<L, Bf16>(j, r0, r1, B); break;
+    case Format::BF16:
+#if defined(WKV_STEP_BF16_PAIRS)
+      if (j.xp != nullptr) {
+        rows_bf16_pairs(j, r0, r1, B);
+        break;
+      }
+#endif
+      job_rows<L, Bf16>(j, r0, r1, B);
+      break;
     case Format::F16: job_rows<L, Half16>(j, r0, r1, B); break;
     case Format::I8:
 #if defined(WKV_STEP_VNNI)
@@ -209,6 +281,23 @@ void gemv_many(const Job* in, int n, int64_t B) {
       jobs[i].xscale = sbuf.data() + so;
       qo += B * nblk * 64;
       so += B * nblk;
+    }
+  }
+#endif
+#if defined(WKV_STEP_BF16_PAIRS)
+  static thread_local std::vector<float> pbuf;  // the bf16 products' de-interleaved inputs
+  {
+    int64_t pn = 0;
+    for (int i = 0; i < n; ++i)
+      if (jobs[i].m->format == Format::BF16) pn += B * jobs[i].m->cols;
+    if (pbuf.size() < size_t(pn)) pbuf.resize(size_t(pn));
+    int64_t po = 0;
+    for (int i = 0; i < n; ++i) {
+      if (jobs[i].m->format != Format::BF16) continue;
+      const int64_t cols = jobs[i].m->cols;
+      for (int64_t b = 0; b < B; ++b) deinterleave_pairs(jobs[i].x + b * jobs[i].ldx, cols, pbuf.data() + po + b * cols);
+      jobs[i].xp = pbuf.data() + po;
+      po += B * cols;
     }
   }
 #endif

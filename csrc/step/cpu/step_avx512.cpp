@@ -5,6 +5,8 @@
 // int8 weights also get a dot product on integers where the CPU has AVX-512 VNNI (checked at run
 // time; its functions carry their own target attribute, so this unit needs no further flags)
 #define WKV_STEP_VNNI 1
+// bf16 weights: 32 per load, widened by a shift and a mask against de-interleaved inputs
+#define WKV_STEP_BF16_PAIRS 1
 
 namespace {
 inline F32x16 load_i8(const int8_t* p) {
