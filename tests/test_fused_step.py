@@ -3,17 +3,21 @@ against the Python step it replaces, for both generations: every instruction set
 around the kernel's groups of 4, widths that are no multiple of a SIMD vector, each weight format
 within its stated error, generation identical in fp32, and clear errors."""
 
+import copy
+
 import pytest
 import torch
 
 import rwkv_wkv
 from rwkv_wkv import RWKV, RWKV7, RWKV7Config, RWKVConfig
-from rwkv_wkv.fused_step import FusedStep, quantize_rows
+from rwkv_wkv.fused_step import FusedStep, dequantize_q4, quantize_q4, quantize_rows
 
 ISAS = [isa for isa in ("avx512", "avx2", "scalar") if isa in rwkv_wkv.build_info()["cpu_kernels"]]
 # the largest |logit difference| / max |logit| against the float32 Python step (measured: bf16 ~8e-3,
 # fp16 ~1e-3, int8 ~3e-2 on these random models; the bounds leave room, and still fail on a wrong kernel)
-FORMAT_ERROR = {"fp32": 1e-5, "bf16": 3e-2, "fp16": 5e-3, "int8": 1e-1}
+FORMAT_ERROR = {"fp32": 1e-5, "bf16": 3e-2, "fp16": 5e-3, "int8": 1e-1, "q4": 6e-1}
+# q4's error against fp32 (measured ~0.4 on these random models) is loose; its kernels are tested
+# against the Python step on the q4 values themselves (test_q4_equals_the_python_step_on_its_values)
 
 
 def random_model(C=40, F=72, L=3, V=301, seed=0, generation=4):
@@ -61,7 +65,8 @@ def test_fused_equals_python_step(isa, B, generation):
 
 @pytest.mark.parametrize("shape", [(16, 64, 1, 17, 4), (33, 50, 2, 5, 4), (128, 512, 2, 1000, 4), (40, 24, 2, 9, 4),
                                    (16, 64, 1, 17, 7), (128, 512, 2, 1000, 7), (40, 24, 2, 9, 7)])
-@pytest.mark.parametrize("weights", ["fp32", "int8"])  # int8: the integer dot product's 64-blocks and their tails
+# int8 / q4: the integer dot product's 64-blocks and their tails (q4: its padded last block)
+@pytest.mark.parametrize("weights", ["fp32", "int8", "q4"])
 def test_shapes(shape, weights):
     C, F, L, V, generation = shape
     model = random_model(C, F, L, V, generation=generation)
@@ -74,11 +79,12 @@ def test_shapes(shape, weights):
 
 
 @pytest.mark.parametrize("generation", [4, 7])
-@pytest.mark.parametrize("weights", ["bf16", "fp16", "int8"])
+@pytest.mark.parametrize("weights", ["bf16", "fp16", "int8", "q4"])
 def test_weight_formats_within_their_error(weights, generation):
     model = random_model(C=128, F=512, L=2, V=500, generation=generation)
     plan = FusedStep(model, weights=weights)
-    assert plan.weight_bytes < FusedStep(model).weight_bytes / (1.9 if weights != "int8" else 3.5)
+    shrink = {"bf16": 1.9, "fp16": 1.9, "int8": 3.5, "q4": 5.5}[weights]
+    assert plan.weight_bytes < FusedStep(model).weight_bytes / shrink
     state, ref_state = model.init_state(3), model.init_state(3)
     worst = 0.0
     for t in range(5):
@@ -98,6 +104,59 @@ def test_int8_quantisation_is_per_row():
     assert torch.equal(q[3], torch.zeros(33, dtype=torch.int8))
 
 
+def test_q4_quantisation():
+    w = torch.randn(4, 100) * torch.tensor([1e-3, 1.0, 0.0, 5.0])[:, None]
+    packed, scales = quantize_q4(w)
+    assert packed.dtype == torch.uint8 and packed.shape == (4, 64) and scales.shape == (4, 4)
+    back = dequantize_q4(packed, scales, 100)
+    blocks = torch.nn.functional.pad(w, (0, 28)).view(4, 4, 32)
+    extreme = blocks.abs().amax(-1)
+    # each block's largest magnitude is exactly -8 d; the rest within half a step (a value of the
+    # other sign near that magnitude clamps to 7: within one step)
+    assert torch.equal(back.abs().amax(-1), w.abs().amax(-1))
+    err = torch.nn.functional.pad(back - w, (0, 28)).view(4, 4, 32).abs().amax(-1)
+    assert (err <= extreme / 8 + 1e-12).all()
+    assert torch.equal(back[2], torch.zeros(100))
+    assert (packed[:, 48:] >> 4 == 8).all()  # the padded inputs 112-127 are q = 0 (nibble 8)
+
+
+def q4_values(model):
+    """A copy of the model whose matrices hold the values the q4 format stands for."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.copy_(dequantize_q4(*quantize_q4(m.weight), m.weight.shape[1]))
+        if model.generation == 7:  # the low-rank pairs, which the fused step reads transposed
+            for b in ref.blocks:
+                for name in ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2"):
+                    p = getattr(b.att, name)
+                    p.copy_(dequantize_q4(*quantize_q4(p.t()), p.shape[0]).t())
+    return ref
+
+
+@pytest.mark.parametrize("generation", [4, 7])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("B", [1, 3, 5])
+def test_q4_equals_the_python_step_on_its_values(isa, B, generation):
+    """The q4 kernels against the Python step on the dequantized weights: exact in float32 (AVX2,
+    scalar; AVX-512 without VNNI), within the inputs' 8-bit quantization with VNNI (measured 1-3e-2)."""
+    rwkv_wkv.cpu_isa(isa)
+    model = random_model(generation=generation)
+    plan, ref = FusedStep(model, "q4"), q4_values(model)
+    with torch.no_grad():
+        _, _, ref_state = model(torch.randint(0, 301, (B, 5)), return_state=True)
+    state = ref_state.clone()
+    vnni = isa == "avx512" and "avx512_vnni" in open("/proc/cpuinfo").read()  # (Linux names the flag so)
+    bound = 6e-2 if vnni else 1e-5
+    for t in range(3):
+        tokens = torch.randint(0, 301, (B,), generator=torch.Generator().manual_seed(t))
+        with torch.no_grad():
+            want = ref.step_(tokens, ref_state)
+        assert rel(plan.step_(tokens, state), want) < bound
+    assert rel(state, ref_state) < bound
+
+
 @pytest.mark.parametrize("generation", [4, 7])
 def test_fp32_generation_is_identical_to_the_python_step(generation):
     model = random_model(C=64, F=128, L=2, V=200, generation=generation)
@@ -112,7 +171,7 @@ def test_fp32_generation_is_identical_to_the_python_step(generation):
 
 def test_clear_errors():
     model = random_model()
-    with pytest.raises(ValueError, match="weights must be one of fp32, bf16, fp16, int8"):
+    with pytest.raises(ValueError, match="weights must be one of fp32, bf16, fp16, int8, q4"):
         FusedStep(model, weights="int4")
     with pytest.raises(ValueError, match="the fused step runs RWKV-4 and RWKV-7 models, got Linear"):
         FusedStep(torch.nn.Linear(2, 2))
@@ -128,6 +187,12 @@ def test_clear_errors():
     matrices = list(plan.matrices)
     matrices[0] = matrices[0].to(torch.int8)
     with pytest.raises(ValueError, match=r"layer 0 att.key's scale must have shape \(rows,\) = \(40,\), got \(0,\)"):
+        torch.ops.wkv.rwkv4_step(x, state, plan.vectors, matrices, plan.scales, 1e-5, 1e-5)
+    matrices[0] = quantize_q4(plan.matrices[0])[0]
+    with pytest.raises(ValueError, match=r"layer 0 att.key's scale must have shape \(rows, 2 \* ceil\(cols / 64\)\)"):
+        torch.ops.wkv.rwkv4_step(x, state, plan.vectors, matrices, plan.scales, 1e-5, 1e-5)
+    matrices[0] = plan.matrices[0].to(torch.uint8)
+    with pytest.raises(ValueError, match=r"layer 0 att.key must have shape \(rows, ceil\(cols / 64\) \* 32\)"):
         torch.ops.wkv.rwkv4_step(x, state, plan.vectors, matrices, plan.scales, 1e-5, 1e-5)
     with pytest.raises(ValueError, match=r"state must have shape \(B, L, 5, C\)"):
         torch.ops.wkv.rwkv4_step(x, model.init_state(2), plan.vectors, plan.matrices, plan.scales, 1e-5, 1e-5)
@@ -153,6 +218,8 @@ def test_generate_cli_formats(tmp_path, capsys):
     assert "(python step)" in python.err and python.out == fused.out
     assert main([*args, "--dtype", "int8"]) == 0
     assert "cpu int8 (fused step)" in capsys.readouterr().err
+    assert main([*args, "--dtype", "q4"]) == 0
+    assert "cpu q4 (fused step)" in capsys.readouterr().err
     assert main([*args, "--dtype", "int8", "--no-fused"]) == 2
     assert "error: --dtype int8 is a format of the fused step" in capsys.readouterr().err
     random_model(C=16, F=32, L=1, V=256, generation=7).save_rwkv_lm(tmp_path / "m7.pth")

@@ -12,13 +12,21 @@
 namespace wkv::step {
 
 // A weight matrix (rows = outputs, cols = inputs, row-major), in one of the formats generation
-// reads: float32, bfloat16, float16 (converted to float32 as they are loaded) or int8 with one
-// float32 scale per row (w = q * scale[row]).
-enum class Format : int { F32 = 0, BF16 = 1, F16 = 2, I8 = 3 };
+// reads: float32, bfloat16, float16 (converted to float32 as they are loaded), int8 with one
+// float32 scale per row (w = q * scale[row]), or Q4: 4-bit values q in [-8, 7] with one float32
+// scale per block of 32 inputs (w = q * scale[row][block]), packed per block of 64 inputs into 32
+// bytes: byte i holds q + 8 of input i (low nibble) and of input 32 + i (high nibble). A row is
+// padded with zeros to a multiple of 64 inputs: (rows, ceil(cols / 64) * 32) bytes, scales
+// (rows, 2 * ceil(cols / 64)).
+enum class Format : int { F32 = 0, BF16 = 1, F16 = 2, I8 = 3, Q4 = 4 };
+
+// Q4's layout: bytes per row and scales per row for `cols` inputs.
+inline int64_t q4_row_bytes(int64_t cols) { return (cols + 63) / 64 * 32; }
+inline int64_t q4_row_scales(int64_t cols) { return (cols + 63) / 64 * 2; }
 
 struct Matrix {
   const void* w = nullptr;
-  const float* scale = nullptr;  // I8 only: (rows,)
+  const float* scale = nullptr;  // I8: (rows,); Q4: (rows, q4_row_scales(cols))
   Format format = Format::F32;
   int64_t rows = 0, cols = 0;
 };

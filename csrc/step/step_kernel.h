@@ -56,39 +56,81 @@ void quantize_blocks(const float* x, int64_t cols, uint8_t* q, float* scale) {
   }
 }
 
-// Rows [r0, r1) of an int8 job on integers: per block of 64, vpdpbusd sums q * w and 1 * w (the
-// +128 offset's correction) in 16 int32 lanes; the lanes are turned to float32 and added with the
-// block's input scale; the row's weight scale multiplies the sum.
-__attribute__((target("avx512f,avx512bw,avx512vnni")))
-void dot_rows_vnni(const Job& j, int64_t r0, int64_t r1, int64_t B) {
-  const int64_t cols = j.m->cols, full = cols / 64, tail = full * 64;
-  const int64_t nblk = (cols + 63) / 64;
+// The integer dot products of int8 and Q4 weights against inputs quantized per block of 64 (the
+// +128 offset corrected: sum (q - 128) w = dpbusd(q, w) - 128 dpbusd(1, w)). One weight block,
+// widened to 64 int8 lanes once, serves NB batch rows.
+//   int8: one block is 64 weights; its sum turns to float with the input block's scale, and the
+//         row's weight scale multiplies the row's total.
+//   Q4:   the block's 32 packed bytes are split into their nibbles (low: inputs 0-31, high: 32-63,
+//         as the input block), 8 subtracted; int32 lanes 0-7 then hold the first 32 inputs' sums,
+//         8-15 the next 32's, so one vector of the two weight scales (times the input block's)
+//         turns them to float. The padding past cols has q = 0: the input block's stale bytes
+//         there add nothing.
+template <int NB, bool Q4>
+__attribute__((target("avx512f,avx512bw,avx512vnni,avx512dq")))
+void dot_rows_vnni(const Job& j, int64_t r0, int64_t r1, int64_t b0) {
+  const int64_t cols = j.m->cols, nblk = (cols + 63) / 64;
+  const int64_t full = Q4 ? nblk : cols / 64, tail = full * 64;  // int8: whole blocks, then a scalar tail
+  const int64_t row_bytes = Q4 ? wkv::step::q4_row_bytes(cols) : cols;
+  const int64_t row_scales = Q4 ? wkv::step::q4_row_scales(cols) : 1;
   const __m512i ones = _mm512_set1_epi8(1);
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  const __m512i eight = _mm512_set1_epi8(8);
+  const uint8_t* qs[NB];
+  const float* xss[NB];
+  for (int b = 0; b < NB; ++b) {
+    qs[b] = j.xq + (b0 + b) * nblk * 64;
+    xss[b] = j.xscale + (b0 + b) * nblk;
+  }
   for (int64_t o = r0; o < r1; ++o) {
-    const int8_t* w = static_cast<const int8_t*>(j.m->w) + o * cols;
-    for (int64_t b = 0; b < B; ++b) {
-      const uint8_t* q = j.xq + b * nblk * 64;
-      const float* xs = j.xscale + b * nblk;
-      __m512 acc = _mm512_setzero_ps();
-      for (int64_t blk = 0; blk < full; ++blk) {
-        const __m512i wv = _mm512_loadu_si512(w + blk * 64);
-        const __m512i qv = _mm512_loadu_si512(q + blk * 64);
-        const __m512i qw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qv, wv);
-        const __m512i sw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv);
-        const __m512i d = _mm512_sub_epi32(qw, _mm512_slli_epi32(sw, 7));  // sum (q - 128) w
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(xs[blk]), acc);
+    const uint8_t* w = static_cast<const uint8_t*>(j.m->w) + o * row_bytes;
+    const float* ws = j.m->scale + o * row_scales;
+    __m512 acc[NB];
+    for (int b = 0; b < NB; ++b) acc[b] = _mm512_setzero_ps();
+    for (int64_t blk = 0; blk < full; ++blk) {
+      __m512i wv;
+      __m512 wscale;
+      if constexpr (Q4) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + blk * 32));
+        const __m256i lo = _mm256_and_si256(raw, nibble);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), nibble);
+        wv = _mm512_sub_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1), eight);
+        wscale = _mm512_insertf32x8(_mm512_set1_ps(ws[2 * blk]), _mm256_set1_ps(ws[2 * blk + 1]), 1);
+      } else {
+        wv = _mm512_loadu_si512(w + blk * 64);
+        wscale = _mm512_set1_ps(1.0f);
       }
-      float s = _mm512_reduce_add_ps(acc);
-      if (tail < cols) {
+      const __m512i sw = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv), 7);
+      for (int b = 0; b < NB; ++b) {
+        const __m512i qw = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(qs[b] + blk * 64), wv);
+        const __m512 scale = _mm512_mul_ps(wscale, _mm512_set1_ps(xss[b][blk]));
+        acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(qw, sw)), scale, acc[b]);
+      }
+    }
+    for (int b = 0; b < NB; ++b) {
+      float s = _mm512_reduce_add_ps(acc[b]);
+      if (!Q4 && tail < cols) {
+        const int8_t* wi = reinterpret_cast<const int8_t*>(w);
         int32_t t = 0;
-        for (int64_t i = tail; i < cols; ++i) t += (int32_t(q[i]) - 128) * int32_t(w[i]);
-        s += float(t) * xs[full];
+        for (int64_t i = tail; i < cols; ++i) t += (int32_t(qs[b][i]) - 128) * int32_t(wi[i]);
+        s += float(t) * xss[b][full];
       }
-      j.y[b * j.ldy + o] = s * j.m->scale[o];
+      j.y[(b0 + b) * j.ldy + o] = Q4 ? s : s * j.m->scale[o];
     }
   }
 }
 
+template <bool Q4>
+void rows_vnni(const Job& j, int64_t r0, int64_t r1, int64_t B) {
+  int64_t b = 0;
+  for (; b + 4 <= B; b += 4) dot_rows_vnni<4, Q4>(j, r0, r1, b);
+  switch (B - b) {
+    case 3: dot_rows_vnni<3, Q4>(j, r0, r1, b); break;
+    case 2: dot_rows_vnni<2, Q4>(j, r0, r1, b); break;
+    case 1: dot_rows_vnni<1, Q4>(j, r0, r1, b); break;
+    default: break;
+  }
+}
 #endif
 
 #if defined(WKV_STEP_BF16_PAIRS)
@@ -211,6 +253,43 @@ void dot_rows(const Job& j, int64_t r0, int64_t r1, int64_t b0) {
   }
 }
 
+// Rows [r0, r1) of a Q4 job in float32 (any lane; the VNNI path's fallback): each block of 64
+// weights unpacked to floats once, then dotted with every batch row's inputs.
+template <class L>
+void dot_rows_q4(const Job& j, int64_t r0, int64_t r1, int64_t B) {
+  constexpr int64_t Wd = L::W;
+  const int64_t cols = j.m->cols, nblk = (cols + 63) / 64;
+  const int64_t row_bytes = wkv::step::q4_row_bytes(cols), row_scales = wkv::step::q4_row_scales(cols);
+  alignas(64) float wf[64];
+  std::vector<float> sums(static_cast<size_t>(B));
+  for (int64_t o = r0; o < r1; ++o) {
+    const uint8_t* w = static_cast<const uint8_t*>(j.m->w) + o * row_bytes;
+    const float* ws = j.m->scale + o * row_scales;
+    std::fill(sums.begin(), sums.end(), 0.0f);
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const uint8_t* p = w + blk * 32;
+      for (int i = 0; i < 32; ++i) {
+        wf[i] = float(int(p[i] & 0x0F) - 8) * ws[2 * blk];
+        wf[32 + i] = float(int(p[i] >> 4) - 8) * ws[2 * blk + 1];
+      }
+      const int64_t k0 = blk * 64, n = std::min<int64_t>(64, cols - k0);
+      for (int64_t b = 0; b < B; ++b) {
+        const float* x = j.x + b * j.ldx + k0;
+        float s = 0.0f;
+        int64_t i = 0;
+        if (n == 64) {
+          typename L::V acc = typename L::V(0.0f);
+          for (; i < 64; i += Wd) acc = wkv_fma(L::load(wf + i), L::load(x + i), acc);
+          s = wkv_hsum(acc);
+        }
+        for (; i < n; ++i) s += wf[i] * x[i];
+        sums[size_t(b)] += s;
+      }
+    }
+    for (int64_t b = 0; b < B; ++b) j.y[b * j.ldy + o] = sums[size_t(b)];
+  }
+}
+
 template <class L, class W>
 void job_rows(const Job& j, int64_t r0, int64_t r1, int64_t B) {
   int64_t b = 0;
@@ -240,11 +319,20 @@ void run_rows(const Job& j, int64_t r0, int64_t r1, int64_t B) {
     case Format::I8:
 #if defined(WKV_STEP_VNNI)
       if (j.xq != nullptr) {
-        dot_rows_vnni(j, r0, r1, B);
+        rows_vnni<false>(j, r0, r1, B);
         break;
       }
 #endif
       job_rows<L, int8_t>(j, r0, r1, B);
+      break;
+    case Format::Q4:
+#if defined(WKV_STEP_VNNI)
+      if (j.xq != nullptr) {
+        rows_vnni<true>(j, r0, r1, B);
+        break;
+      }
+#endif
+      dot_rows_q4<L>(j, r0, r1, B);
       break;
   }
 }
@@ -260,10 +348,10 @@ void gemv_many(const Job* in, int n, int64_t B) {
   // grown once, serves every call)
   static thread_local std::vector<uint8_t> qbuf;
   static thread_local std::vector<float> sbuf;
-  if (cpu_has_vnni()) {  // quantize the inputs of the int8 products, once per call
+  if (cpu_has_vnni()) {  // quantize the inputs of the int8 and 4-bit products, once per call
     int64_t qn = 0, sn = 0;
     for (int i = 0; i < n; ++i) {
-      if (jobs[i].m->format != Format::I8) continue;
+      if (jobs[i].m->format != Format::I8 && jobs[i].m->format != Format::Q4) continue;
       const int64_t nblk = (jobs[i].m->cols + 63) / 64;
       qn += B * nblk * 64;
       sn += B * nblk;
@@ -272,7 +360,7 @@ void gemv_many(const Job* in, int n, int64_t B) {
     if (sbuf.size() < size_t(sn)) sbuf.resize(size_t(sn));
     int64_t qo = 0, so = 0;
     for (int i = 0; i < n; ++i) {
-      if (jobs[i].m->format != Format::I8) continue;
+      if (jobs[i].m->format != Format::I8 && jobs[i].m->format != Format::Q4) continue;
       const int64_t cols = jobs[i].m->cols, nblk = (cols + 63) / 64;
       for (int64_t b = 0; b < B; ++b)
         quantize_blocks(jobs[i].x + b * jobs[i].ldx, cols, qbuf.data() + qo + b * nblk * 64,

@@ -9,8 +9,9 @@
 // ln2.weight, ln2.bias, w = -exp(time_decay), u = time_first, att.time_mix_k, _v, _r,
 // ffn.time_mix_k, _r; ln_out.weight, ln_out.bias. matrices (rows = outputs, row-major; float32,
 // bfloat16, float16 or int8): per layer att.key, att.value, att.receptance, att.output,
-// ffn.key (F, C), ffn.receptance, ffn.value (C, F); head (V, C). scales: one per matrix, (rows,)
-// float32 for an int8 matrix, an empty tensor otherwise. Python builds the lists
+// ffn.key (F, C), ffn.receptance, ffn.value (C, F); head (V, C); or uint8: 4-bit packed (step.h
+// Format::Q4). scales: one per matrix, (rows,) float32 for an int8 matrix, (rows, 2 * ceil(cols /
+// 64)) for a 4-bit one, an empty tensor otherwise. Python builds the lists
 // (src/rwkv_wkv/fused_step.py); every check here runs before any pointer is read.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
@@ -49,7 +50,12 @@ Matrix matrix(const char* op, const Tensor& t, const Tensor& scale, int64_t rows
   check_defined(op, t, name.c_str());
   WKV_CHECK(t.is_cpu(), op, ": ", name, " must be on the CPU (the fused step is a CPU kernel), got ",
             device_name(t.device()));
-  check_shape(op, t, name.c_str(), "(rows, cols)", {rows, cols});
+  const bool q4 = t.scalar_type() == ScalarType::Byte;
+  if (q4) {
+    check_shape(op, t, name.c_str(), "(rows, ceil(cols / 64) * 32): packed 4-bit", {rows, q4_row_bytes(cols)});
+  } else {
+    check_shape(op, t, name.c_str(), "(rows, cols)", {rows, cols});
+  }
   check_contiguous(op, t, name.c_str());
   Matrix m;
   m.w = t.data_ptr();
@@ -60,11 +66,18 @@ Matrix matrix(const char* op, const Tensor& t, const Tensor& scale, int64_t rows
     case ScalarType::BFloat16: m.format = Format::BF16; break;
     case ScalarType::Half: m.format = Format::F16; break;
     case ScalarType::Char: m.format = Format::I8; break;
+    case ScalarType::Byte: m.format = Format::Q4; break;
     default:
-      WKV_CHECK_VALUE(false, op, ": ", name, " must have dtype torch.float32, torch.bfloat16, torch.float16 or ",
-                      "torch.int8, got ", dtype_name(t.scalar_type()));
+      WKV_CHECK_VALUE(false, op, ": ", name, " must have dtype torch.float32, torch.bfloat16, torch.float16, ",
+                      "torch.int8 or torch.uint8 (packed 4-bit), got ", dtype_name(t.scalar_type()));
   }
-  if (m.format == Format::I8) {
+  if (m.format == Format::Q4) {
+    const std::string sname = name + "'s scale";
+    check_dtype(op, scale, sname.c_str(), kFloat, "one float32 per block of 32 inputs of a 4-bit matrix");
+    check_shape(op, scale, sname.c_str(), "(rows, 2 * ceil(cols / 64))", {rows, q4_row_scales(cols)});
+    check_contiguous(op, scale, sname.c_str());
+    m.scale = static_cast<const float*>(scale.data_ptr());
+  } else if (m.format == Format::I8) {
     const std::string sname = name + "'s scale";
     check_dtype(op, scale, sname.c_str(), kFloat, "one float32 per row of an int8 matrix");
     check_shape(op, scale, sname.c_str(), "(rows,)", {rows});

@@ -17,7 +17,7 @@ Formats:
         compiled library, which must be loaded first: ``import rwkv_wkv`` (or ``load_package``
         here), or ``torch.ops.load_library(rwkv_wkv.library_path())``, or dlopen in C++.
   --fused FORMAT (step, pt2 / aoti): the step through the fused CPU kernel that generate uses
-        (every layer in one call; matrices in fp32, bf16, fp16 or int8): 3x faster per token.
+        (every layer in one call; matrices in fp32, bf16, fp16, int8 or q4): 2x faster per token.
   onnx  ONNX (float32) with the WKV recurrence written in ONNX operators (rwkv4/onnx.py,
         rwkv7/onnx.py: a Scan over T in gpt mode), for onnxruntime; needs the ``onnx`` extra.
 """
@@ -71,7 +71,7 @@ class StepProgram(nn.Module):
 class FusedStepProgram(nn.Module):
     """The step through the fused CPU kernel (torch.ops.wkv.rwkv4_step / rwkv7_step: every layer in
     one call, what generate uses on the CPU), its matrices in ``weights`` (fused_step.FORMATS:
-    fp32, bf16, fp16, int8 per-row); the same inputs and outputs as StepProgram."""
+    fp32, bf16, fp16, int8 per row, q4 per block of 32); the same inputs and outputs as StepProgram."""
 
     def __init__(self, model, weights):
         super().__init__()
@@ -229,7 +229,7 @@ def _check(fmt, mode, dtype, fused=None):
 def export_model(model, format, mode, out, dtype="fp32", fused=None, log=None) -> Path:  # noqa: A002
     """Exports ``model`` (an RWKV / RWKV7, or a checkpoint path for ``rwkv_wkv.from_checkpoint``)
     as ``format`` ("pt2", "aoti", "onnx") of ``mode`` ("gpt", "step") to ``out``, weights in
-    ``dtype`` ("fp32", "bf16", "fp16"; ONNX: fp32). ``fused`` ("fp32", "bf16", "fp16", "int8";
+    ``dtype`` ("fp32", "bf16", "fp16"; ONNX: fp32). ``fused`` ("fp32", "bf16", "fp16", "int8", "q4";
     step mode, pt2 / aoti, CPU): the step runs the fused CPU kernel with its matrices in that
     format. Writes ``out`` whole or not at all (ONNX models over 2 GB keep their weights in
     ``out``.data beside it). Returns the path."""
@@ -290,7 +290,7 @@ def _main(argv):
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="the weights' dtype (default fp32; "
                    "ONNX: fp32 only)")
-    p.add_argument("--fused", default=None, choices=["fp32", "bf16", "fp16", "int8"],
+    p.add_argument("--fused", default=None, choices=["fp32", "bf16", "fp16", "int8", "q4"],
                    help="--mode step, pt2 / aoti: run the fused CPU step kernel (every layer in one call, what "
                         "generate uses on the CPU) with its matrices in this format")
     args = p.parse_args(argv)

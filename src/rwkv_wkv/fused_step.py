@@ -8,8 +8,9 @@ weight's own format.
     plan = FusedStep(model, weights="int8") # int8 weights, one float32 scale per row (a copy)
 
 Weight formats: "fp32", "bf16", "fp16" (the matrices in that dtype: half the bytes read per
-token) and "int8" (symmetric per-row: q = round(w / s), s = max|w_row| / 127; a quarter), or
-None for the model's own dtype. The Python step (``model.step_``) stays the reference the fused
+token), "int8" (symmetric per-row: q = round(w / s), s = max|w_row| / 127; a quarter) and "q4"
+(4-bit, one float32 scale per block of 32 inputs: 5 bits per weight, about a sixth), or None for
+the model's own dtype. The Python step (``model.step_``) stays the reference the fused
 one is tested against (tests/test_fused_step.py).
 """
 
@@ -21,7 +22,8 @@ from . import _library
 
 _library.load()
 
-FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
+FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8,
+           "q4": torch.uint8}
 
 
 # Fake kernels (shapes only), so that torch.export / AOTInductor can trace a program calling the
@@ -44,11 +46,42 @@ def quantize_rows(w):
     return q.contiguous(), scale.contiguous()
 
 
+def quantize_q4(w):
+    """(packed uint8 (rows, ceil(cols / 64) * 32), float32 scales (rows, 2 * ceil(cols / 64))) of a
+    float matrix: per block of 32 inputs q = round(w / d) in [-8, 7] with d = the block's value of
+    largest magnitude / -8 (so that value is exactly -8 d: all 16 levels used); per block of 64
+    inputs byte i holds q + 8 of input i (low nibble) and of input 32 + i (high nibble); the row is
+    padded with zeros to a multiple of 64 (csrc/step/step.h, Format::Q4)."""
+    w = w.detach().float()
+    rows, cols = w.shape
+    n64 = (cols + 63) // 64
+    blocks = torch.zeros(rows, n64 * 64, device=w.device)
+    blocks[:, :cols] = w
+    blocks = blocks.view(rows, 2 * n64, 32)
+    extreme = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))
+    d = extreme / -8.0
+    inv = torch.where(d != 0, 1.0 / torch.where(d != 0, d, 1.0), 0.0)
+    q = (torch.round(blocks * inv).clamp_(-8, 7) + 8).to(torch.uint8).view(rows, n64, 64)
+    packed = q[..., :32] | (q[..., 32:] << 4)
+    return packed.reshape(rows, n64 * 32).contiguous(), d.reshape(rows, 2 * n64).contiguous()
+
+
+def dequantize_q4(packed, scales, cols):
+    """The float32 matrix (rows, cols) that quantize_q4's output stands for."""
+    rows = packed.shape[0]
+    p = packed.view(rows, -1, 32)
+    q = torch.cat([p & 0x0F, p >> 4], dim=-1).float() - 8.0  # (rows, n64, 64)
+    w = q.view(rows, -1, 32) * scales.view(rows, -1, 1)
+    return w.reshape(rows, -1)[:, :cols].contiguous()
+
+
 def _matrix(w, weights):
     """A weight matrix as the op reads it (row-major, in the chosen format) and its scale."""
     w = w.detach()
     if weights == "int8":
         return quantize_rows(w)
+    if weights == "q4":
+        return quantize_q4(w)
     dtype = FORMATS[weights] if weights is not None else w.dtype
     return w.to(dtype).contiguous(), w.new_empty(0, dtype=torch.float32)
 

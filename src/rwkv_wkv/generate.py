@@ -57,10 +57,11 @@ def _main(argv):
     p.add_argument("--top-p", type=float, default=0.85, help="nucleus sampling mass (default 0.85; 1 = off)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--dtype", default="fp32", choices=[*DTYPES, "int8"],
+    p.add_argument("--dtype", default="fp32", choices=[*DTYPES, "int8", "q4"],
                    help="weights' format (default fp32). On the CPU the model generates through the fused step "
-                        "with its matrices in this format (int8: per-row scales; the prompt runs in fp32); "
-                        "elsewhere (and for fp64) the model is cast to it (int8: CPU fused step only)")
+                        "with its matrices in this format (int8: per-row scales; q4: 4-bit, a scale per 32 inputs; "
+                        "the prompt runs in fp32); elsewhere (and for fp64) the model is cast to it (int8, q4: "
+                        "CPU fused step only)")
     p.add_argument("--no-fused", action="store_true",
                    help="generate with the Python step (the fused step's reference) instead of the fused one")
     return run(p.parse_args(argv))
@@ -108,8 +109,8 @@ def run(args):
     if not all(prompts):
         raise UsageError("a prompt encodes to no tokens")
     fused = device.type == "cpu" and not args.no_fused and args.dtype != "fp64"
-    if args.dtype == "int8" and not fused:
-        raise UsageError("--dtype int8 is a format of the fused step: on the CPU, without --no-fused")
+    if args.dtype in ("int8", "q4") and not fused:
+        raise UsageError(f"--dtype {args.dtype} is a format of the fused step: on the CPU, without --no-fused")
     if fused:  # the prompt in float32 GPT mode, every new token one fused call on the chosen format
         model = model.float().eval()
         fused = FusedStep(model, weights=args.dtype)

@@ -92,7 +92,7 @@ class LanguageModel(nn.Module):
         eagerly). ``stream``: called with each new (B,) tensor of ids as it is sampled.
         ``vocab_limit``: only ids below it are ever produced (a tokenizer smaller than the model's
         padded vocabulary cannot decode the rest). ``fused_step`` (CPU): a ``FusedStep`` of this model
-        (``model.fused_step(weights)``), or True / a weight format ("fp32", "bf16", "fp16", "int8")
+        (``model.fused_step(weights)``), or True / a weight format ("fp32", "bf16", "fp16", "int8", "q4")
         to build one: its single call per token replaces the Python step. Returns
         (B, T + new), or for a list of prompts of different lengths a list of B 1-D tensors."""
         if not temperature >= 0:
@@ -152,8 +152,8 @@ class LanguageModel(nn.Module):
     def fused_step(self, weights=None):
         """The fused single-token step of this model for CPU generation (``rwkv_wkv.fused_step``):
         every layer in one call, the weight matrices in ``weights`` ("fp32", "bf16", "fp16",
-        "int8" with per-row scales; None: the model's dtype). Its ``step_(tokens, state)`` is
-        ``model.step_``'s; ``model.generate(..., fused_step=plan)`` uses it."""
+        "int8" with per-row scales, "q4": 4-bit with a scale per 32 inputs; None: the model's dtype).
+        Its ``step_(tokens, state)`` is ``model.step_``'s; ``model.generate(..., fused_step=plan)`` uses it."""
         from .fused_step import FusedStep
 
         return FusedStep(self, weights)
