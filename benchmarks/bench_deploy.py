@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -29,21 +28,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_generate  # noqa: E402
 from bench_generate import make_model, parse_shape  # noqa: E402
 
 from rwkv_wkv.errors import ArgumentParser, run_command  # noqa: E402
 from rwkv_wkv.export import export_model, load_package  # noqa: E402
 
 
-def timed(fn, repeats, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def timed(fn, repeats):
+    return bench_generate.timed(fn, torch.device("cpu"), repeats)
 
 
 def rel(a, b):
