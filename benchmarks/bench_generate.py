@@ -18,7 +18,8 @@ compared before anything is timed. Measured side by side in one run:
            ms and tokens/s, at each --batch size (rows decoded together; per-token ms is per step)
   floor    (per token) reading every weight once: each format's weight bytes (without the
            embedding, of which a step reads one row) over this machine's memory bandwidth,
-           measured in the same run as the time of a sum over a 1 GiB buffer
+           measured in the same run: a sum over a 1 GiB buffer timed beside every timing, the
+           median of those probes per shape (their range is reported too)
 Each format's logits are compared with fp32's (max |diff| / max |logit|, reported) before
 timing. Medians over repeats after a warm-up. Ratios are the claims.
 """
@@ -115,13 +116,15 @@ def bench_shape(n_layer, n_embd, device, a, use_chatrwkv):
                     theirs[fmt] = t
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, VOCAB, (1, prefill), generator=g)
-    bandwidth = bandwidth_gbs(device)
+    # the bandwidth is probed beside every timing (this VM's varies from one second to the next), and
+    # the shape's floors use the median of the probes
+    probes = [bandwidth_gbs(device)]
     records = []
 
     def add(impl, fmt, batch, ms, weight_bytes, **extra):
-        floor = weight_bytes / (bandwidth * 1e9) * 1e3
+        probes.append(bandwidth_gbs(device))
         records.append({"impl": impl, "format": fmt, "batch": batch, "token_ms": ms, "weight_mb": weight_bytes / 1e6,
-                        "bandwidth_gbs": bandwidth, "floor_token_ms": floor, **extra})
+                        **extra})
 
     with torch.inference_mode():
         # the fused step first: it reads the weights row-major, as the model stores them
@@ -163,6 +166,10 @@ def bench_shape(n_layer, n_embd, device, a, use_chatrwkv):
             ms = timed(lambda: t.forward([5], their_state), device, tokens) * 1e3
             nbytes = matrix_bytes if fmt == "fp32" else matrix_bytes / 4
             add("ChatRWKV", fmt, 1, ms, nbytes, logit_rel_err_vs_fp32=err)
+    bandwidth = statistics.median(probes)
+    base.update(bandwidth_gbs=bandwidth, bandwidth_probes_gbs=[min(probes), max(probes)])
+    for r in records:
+        r["floor_token_ms"] = r["weight_mb"] * 1e6 / (bandwidth * 1e9) * 1e3
     return [{**base, **r} for r in records]
 
 
@@ -178,13 +185,14 @@ def format_table(records):
             lines.append(f"| {shape} ({r['params_m']:.0f}M) | {r['impl']} | {r['format']} | {r['batch']} | "
                          f"{r['token_ms']:.2f} | {r['batch'] * 1e3 / r['token_ms']:.1f} | {r['floor_token_ms']:.2f} "
                          f"({r['weight_mb']:.0f} MB) | {r['token_ms'] / r['floor_token_ms']:.2f} | {vs} |")
-    lines += ["", "| shape | prefill tokens | ours prefill tok/s | ChatRWKV prefill tok/s | bandwidth GB/s |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["", "| shape | prefill tokens | ours prefill tok/s | ChatRWKV prefill tok/s | bandwidth GB/s "
+              "(median; probes' range) |", "|---|---:|---:|---:|---:|"]
     for shape in dict.fromkeys(r["shape"] for r in records):
         r = next(r for r in records if r["shape"] == shape)
         theirs = f"{r['prefill_tokens'] / r['chatrwkv_prefill_s']:,.0f}" if "chatrwkv_prefill_s" in r else "-"
         lines.append(f"| {shape} | {r['prefill_tokens']} | {r['prefill_tokens'] / r['ours_prefill_s']:,.0f} | "
-                     f"{theirs} | {r['bandwidth_gbs']:.1f} |")
+                     f"{theirs} | {r['bandwidth_gbs']:.1f} ({r['bandwidth_probes_gbs'][0]:.1f}-"
+                     f"{r['bandwidth_probes_gbs'][1]:.1f}) |")
     return "\n".join(lines)
 
 
