@@ -263,14 +263,13 @@ def test_cli_writes_pt2_and_onnx(tmp_path):
     idx = torch.randint(0, 97, (2, 5))
     model = rwkv_wkv.from_checkpoint(path).eval()
     assert rel(torch.export.load(tmp_path / "gpt.pt2").module()(idx)[0], eager(model, "gpt", idx)[0]) < 1e-6
-    if True:  # ONNX (the optional onnx extra, in the test extra)
-        pytest.importorskip("onnxruntime")
-        out = run_cli(path, "--format", "onnx", "--mode", "step", "--out", tmp_path / "step.onnx")
-        assert out.returncode == 0, out.stderr
-        state = model.init_state(2)
-        tokens = torch.tensor([1, 2])
-        got = onnx_session(tmp_path / "step.onnx").run(None, {"tokens": tokens.numpy(), "state": state.numpy()})
-        assert rel(got[0], eager(model, "step", tokens, state)[0]) < 1e-5
+    pytest.importorskip("onnxruntime")  # (the onnx extra; in the test extra)
+    out = run_cli(path, "--format", "onnx", "--mode", "step", "--out", tmp_path / "step.onnx")
+    assert out.returncode == 0, out.stderr
+    state = model.init_state(2)
+    tokens = torch.tensor([1, 2])
+    got = onnx_session(tmp_path / "step.onnx").run(None, {"tokens": tokens.numpy(), "state": state.numpy()})
+    assert rel(got[0], eager(model, "step", tokens, state)[0]) < 1e-5
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["gpt.pt2", "step.onnx", path.name])
 
 

@@ -42,6 +42,24 @@ struct Job {
   const float* xp = nullptr;
 };
 
+// Calls f(std::integral_constant<int, NB>, b0) for batch rows [b0, b0 + NB) in groups of 4, then
+// the 1-3 left: every dot-product kernel takes its group size as a template argument (its
+// accumulators are arrays of NB registers), and this is the one place that splits B.
+template <class F>
+void in_groups_of_4(int64_t B, F&& f) {
+  int64_t b = 0;
+  for (; b + 4 <= B; b += 4) f(std::integral_constant<int, 4>{}, b);
+  switch (B - b) {
+    case 3: f(std::integral_constant<int, 3>{}, b); break;
+    case 2: f(std::integral_constant<int, 2>{}, b); break;
+    case 1: f(std::integral_constant<int, 1>{}, b); break;
+    default: break;
+  }
+}
+
+// Formats whose products run on integers with VNNI: their inputs are quantized per block of 64.
+inline bool quantized_inputs(Format f) { return f == Format::I8 || f == Format::Q4; }
+
 #if defined(WKV_STEP_VNNI)
 // Inputs of an int8 product, quantized per block of 64: q = round(x / s) + 128 in [1, 255],
 // s = max |x| / 127 over the block (the last block may be partial).
@@ -122,14 +140,7 @@ void dot_rows_vnni(const Job& j, int64_t r0, int64_t r1, int64_t b0) {
 
 template <bool Q4>
 void rows_vnni(const Job& j, int64_t r0, int64_t r1, int64_t B) {
-  int64_t b = 0;
-  for (; b + 4 <= B; b += 4) dot_rows_vnni<4, Q4>(j, r0, r1, b);
-  switch (B - b) {
-    case 3: dot_rows_vnni<3, Q4>(j, r0, r1, b); break;
-    case 2: dot_rows_vnni<2, Q4>(j, r0, r1, b); break;
-    case 1: dot_rows_vnni<1, Q4>(j, r0, r1, b); break;
-    default: break;
-  }
+  in_groups_of_4(B, [&](auto nb, int64_t b0) { dot_rows_vnni<decltype(nb)::value, Q4>(j, r0, r1, b0); });
 }
 #endif
 
@@ -180,14 +191,7 @@ void dot_rows_bf16_pairs(const Job& j, int64_t r0, int64_t r1, int64_t b0) {
 }
 
 void rows_bf16_pairs(const Job& j, int64_t r0, int64_t r1, int64_t B) {
-  int64_t b = 0;
-  for (; b + 4 <= B; b += 4) dot_rows_bf16_pairs<4>(j, r0, r1, b);
-  switch (B - b) {
-    case 3: dot_rows_bf16_pairs<3>(j, r0, r1, b); break;
-    case 2: dot_rows_bf16_pairs<2>(j, r0, r1, b); break;
-    case 1: dot_rows_bf16_pairs<1>(j, r0, r1, b); break;
-    default: break;
-  }
+  in_groups_of_4(B, [&](auto nb, int64_t b0) { dot_rows_bf16_pairs<decltype(nb)::value>(j, r0, r1, b0); });
 }
 #endif
 
@@ -253,19 +257,18 @@ void dot_rows(const Job& j, int64_t r0, int64_t r1, int64_t b0) {
   }
 }
 
-// Rows [r0, r1) of a Q4 job in float32 (any lane; the VNNI path's fallback): each block of 64
-// weights unpacked to floats once, then dotted with every batch row's inputs.
-template <class L>
-void dot_rows_q4(const Job& j, int64_t r0, int64_t r1, int64_t B) {
+// Rows [r0, r1) of a Q4 job in float32 for batch rows [b0, b0 + NB) (any lane; the VNNI path's
+// fallback): each block of 64 weights unpacked to floats once, then dotted with every row's inputs.
+template <class L, int NB>
+void dot_rows_q4(const Job& j, int64_t r0, int64_t r1, int64_t b0) {
   constexpr int64_t Wd = L::W;
   const int64_t cols = j.m->cols, nblk = (cols + 63) / 64;
   const int64_t row_bytes = wkv::step::q4_row_bytes(cols), row_scales = wkv::step::q4_row_scales(cols);
   alignas(64) float wf[64];
-  std::vector<float> sums(static_cast<size_t>(B));
   for (int64_t o = r0; o < r1; ++o) {
     const uint8_t* w = static_cast<const uint8_t*>(j.m->w) + o * row_bytes;
     const float* ws = j.m->scale + o * row_scales;
-    std::fill(sums.begin(), sums.end(), 0.0f);
+    float sums[NB] = {};
     for (int64_t blk = 0; blk < nblk; ++blk) {
       const uint8_t* p = w + blk * 32;
       for (int i = 0; i < 32; ++i) {
@@ -273,8 +276,8 @@ void dot_rows_q4(const Job& j, int64_t r0, int64_t r1, int64_t B) {
         wf[32 + i] = float(int(p[i] >> 4) - 8) * ws[2 * blk + 1];
       }
       const int64_t k0 = blk * 64, n = std::min<int64_t>(64, cols - k0);
-      for (int64_t b = 0; b < B; ++b) {
-        const float* x = j.x + b * j.ldx + k0;
+      for (int b = 0; b < NB; ++b) {
+        const float* x = j.x + (b0 + b) * j.ldx + k0;
         float s = 0.0f;
         int64_t i = 0;
         if (n == 64) {
@@ -282,24 +285,17 @@ void dot_rows_q4(const Job& j, int64_t r0, int64_t r1, int64_t B) {
           for (; i < 64; i += Wd) acc = wkv_fma(L::load(wf + i), L::load(x + i), acc);
           s = wkv_hsum(acc);
         }
-        for (; i < n; ++i) s += wf[i] * x[i];
-        sums[size_t(b)] += s;
+        for (; i < n; ++i) s += wf[i] * x[i];  // (the padded last block: its real inputs only)
+        sums[b] += s;
       }
     }
-    for (int64_t b = 0; b < B; ++b) j.y[b * j.ldy + o] = sums[size_t(b)];
+    for (int b = 0; b < NB; ++b) j.y[(b0 + b) * j.ldy + o] = sums[b];
   }
 }
 
 template <class L, class W>
 void job_rows(const Job& j, int64_t r0, int64_t r1, int64_t B) {
-  int64_t b = 0;
-  for (; b + 4 <= B; b += 4) dot_rows<L, W, 4>(j, r0, r1, b);
-  switch (B - b) {
-    case 3: dot_rows<L, W, 3>(j, r0, r1, b); break;
-    case 2: dot_rows<L, W, 2>(j, r0, r1, b); break;
-    case 1: dot_rows<L, W, 1>(j, r0, r1, b); break;
-    default: break;
-  }
+  in_groups_of_4(B, [&](auto nb, int64_t b0) { dot_rows<L, W, decltype(nb)::value>(j, r0, r1, b0); });
 }
 
 template <class L>
@@ -332,7 +328,7 @@ void run_rows(const Job& j, int64_t r0, int64_t r1, int64_t B) {
         break;
       }
 #endif
-      dot_rows_q4<L>(j, r0, r1, B);
+      in_groups_of_4(B, [&](auto nb, int64_t b0) { dot_rows_q4<L, decltype(nb)::value>(j, r0, r1, b0); });
       break;
   }
 }
@@ -351,7 +347,7 @@ void gemv_many(const Job* in, int n, int64_t B) {
   if (cpu_has_vnni()) {  // quantize the inputs of the int8 and 4-bit products, once per call
     int64_t qn = 0, sn = 0;
     for (int i = 0; i < n; ++i) {
-      if (jobs[i].m->format != Format::I8 && jobs[i].m->format != Format::Q4) continue;
+      if (!quantized_inputs(jobs[i].m->format)) continue;
       const int64_t nblk = (jobs[i].m->cols + 63) / 64;
       qn += B * nblk * 64;
       sn += B * nblk;
@@ -360,7 +356,7 @@ void gemv_many(const Job* in, int n, int64_t B) {
     if (sbuf.size() < size_t(sn)) sbuf.resize(size_t(sn));
     int64_t qo = 0, so = 0;
     for (int i = 0; i < n; ++i) {
-      if (jobs[i].m->format != Format::I8 && jobs[i].m->format != Format::Q4) continue;
+      if (!quantized_inputs(jobs[i].m->format)) continue;
       const int64_t cols = jobs[i].m->cols, nblk = (cols + 63) / 64;
       for (int64_t b = 0; b < B; ++b)
         quantize_blocks(jobs[i].x + b * jobs[i].ldx, cols, qbuf.data() + qo + b * nblk * 64,
@@ -383,7 +379,8 @@ void gemv_many(const Job* in, int n, int64_t B) {
     for (int i = 0; i < n; ++i) {
       if (jobs[i].m->format != Format::BF16) continue;
       const int64_t cols = jobs[i].m->cols;
-      for (int64_t b = 0; b < B; ++b) deinterleave_pairs(jobs[i].x + b * jobs[i].ldx, cols, pbuf.data() + po + b * cols);
+      for (int64_t b = 0; b < B; ++b)
+        deinterleave_pairs(jobs[i].x + b * jobs[i].ldx, cols, pbuf.data() + po + b * cols);
       jobs[i].xp = pbuf.data() + po;
       po += B * cols;
     }

@@ -113,6 +113,28 @@ int64_t check_lists(const char* op, const Tensor& x, const Tensor& state, const 
   return L;
 }
 
+// Layer l's `n` matrices (and their scales) in list order into out[0..n), each checked against
+// its (rows, cols) in `shapes` and named in errors by `names`.
+void layer_matrices(const char* op, const std::vector<Tensor>& matrices, const std::vector<Tensor>& scales,
+                    int64_t l, int n, const int64_t (*shapes)[2], const char* const* names, Matrix* const* out) {
+  for (int i = 0; i < n; ++i) {
+    const size_t j = size_t(l * n + i);
+    *out[i] = matrix(op, matrices[j], scales[j], shapes[i][0], shapes[i][1], message("layer ", l, " ", names[i]));
+  }
+}
+
+// What both generations have around the layers: ln0 (the first two vectors), ln_out (the two after
+// the layers' `layer_vectors`) and the head (the last matrix, (V, C)).
+template <class Model>
+void model_ends(const char* op, const std::vector<Tensor>& vectors, const std::vector<Tensor>& matrices,
+                const std::vector<Tensor>& scales, int64_t layer_vectors, int64_t C, Model& m) {
+  m.ln0_w = vector_ptr(op, vectors[0], C, "ln0.weight");
+  m.ln0_b = vector_ptr(op, vectors[1], C, "ln0.bias");
+  m.ln_out_w = vector_ptr(op, vectors[2 + layer_vectors], C, "ln_out.weight");
+  m.ln_out_b = vector_ptr(op, vectors[3 + layer_vectors], C, "ln_out.bias");
+  m.head = matrix(op, matrices.back(), scales.back(), m.V, C, "head");
+}
+
 int64_t rows_of(const std::vector<Tensor>& matrices, size_t i) {
   return matrices[i].defined() && matrices[i].dim() == 2 ? matrices[i].size(0) : 0;
 }
@@ -165,8 +187,6 @@ Tensor rwkv4_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
   m.L = L;
   m.eps = float(eps);
   m.eps_out = float(eps_out);
-  m.ln0_w = vector_ptr(kOp, vectors[0], C, "ln0.weight");
-  m.ln0_b = vector_ptr(kOp, vectors[1], C, "ln0.bias");
   std::vector<Rwkv4Layer> layers(L);
   for (int64_t l = 0; l < L; ++l) {
     const float* p[kLayerVectors];
@@ -179,16 +199,10 @@ Tensor rwkv4_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
     const int64_t shapes[kLayerMatrices][2] = {{C, C}, {C, C}, {C, C}, {C, C}, {F, C}, {C, C}, {C, F}};
     Matrix* out[kLayerMatrices] = {&ly.att_key, &ly.att_value, &ly.att_receptance, &ly.att_output,
                                    &ly.ffn_key, &ly.ffn_receptance, &ly.ffn_value};
-    for (int i = 0; i < kLayerMatrices; ++i) {
-      const size_t j = size_t(l * kLayerMatrices + i);
-      *out[i] = matrix(kOp, matrices[j], scales[j], shapes[i][0], shapes[i][1],
-                       message("layer ", l, " ", kMatrixNames[i]));
-    }
+    layer_matrices(kOp, matrices, scales, l, kLayerMatrices, shapes, kMatrixNames, out);
   }
   m.layers = layers.data();
-  m.ln_out_w = vector_ptr(kOp, vectors[2 + kLayerVectors * L], C, "ln_out.weight");
-  m.ln_out_b = vector_ptr(kOp, vectors[3 + kLayerVectors * L], C, "ln_out.bias");
-  m.head = matrix(kOp, matrices.back(), scales.back(), V, C, "head");
+  model_ends(kOp, vectors, matrices, scales, kLayerVectors * L, C, m);
   return run(x, state, m, WKV_STEP_KERNELS(rwkv4_step));
 }
 
@@ -222,8 +236,6 @@ Tensor rwkv7_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
   Rwkv7Model m;
   m.C = C, m.F = F, m.V = V, m.L = L, m.N = N;
   m.eps = float(eps), m.eps_out = float(eps_out);
-  m.ln0_w = vector_ptr(op, vectors[0], C, "ln0.weight");
-  m.ln0_b = vector_ptr(op, vectors[1], C, "ln0.bias");
   std::vector<Rwkv7Layer> layers(L);
   for (int64_t l = 0; l < L; ++l) {
     const float* p[kLayerVectors7];
@@ -239,16 +251,10 @@ Tensor rwkv7_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
                                                 {C, Da}, {Dv, C}, {C, Dv}, {Dg, C}, {C, Dg}, {F, C}, {C, F}};
     Matrix* out[kLayerMatrices7] = {&y.receptance, &y.key, &y.value, &y.output, &y.w1t, &y.w2t, &y.a1t,
                                     &y.a2t, &y.v1t, &y.v2t, &y.g1t, &y.g2t, &y.ffn_key, &y.ffn_value};
-    for (int i = 0; i < kLayerMatrices7; ++i) {
-      const size_t j = size_t(l * kLayerMatrices7 + i);
-      *out[i] = matrix(op, matrices[j], scales[j], shapes[i][0], shapes[i][1],
-                       message("layer ", l, " ", kMatrixNames7[i]));
-    }
+    layer_matrices(op, matrices, scales, l, kLayerMatrices7, shapes, kMatrixNames7, out);
   }
   m.layers = layers.data();
-  m.ln_out_w = vector_ptr(op, vectors[2 + kLayerVectors7 * L], C, "ln_out.weight");
-  m.ln_out_b = vector_ptr(op, vectors[3 + kLayerVectors7 * L], C, "ln_out.bias");
-  m.head = matrix(op, matrices.back(), scales.back(), V, C, "head");
+  model_ends(op, vectors, matrices, scales, kLayerVectors7 * L, C, m);
   return run(x, state, m, WKV_STEP_KERNELS(rwkv7_step));
 }
 

@@ -38,6 +38,8 @@ from torch import nn
 
 from . import _library
 from .errors import ArgumentParser, UsageError, first_line, run_command
+from .fused_step import FORMATS as FUSED_FORMATS
+from .fused_step import FusedStep
 
 FORMATS = ("pt2", "aoti", "onnx")
 MODES = ("gpt", "step")
@@ -75,8 +77,6 @@ class FusedStepProgram(nn.Module):
 
     def __init__(self, model, weights):
         super().__init__()
-        from .fused_step import FusedStep
-
         plan = FusedStep(model, weights)
         self.generation, self.eps, self.eps_out = plan.generation, plan.eps, plan.eps_out
         self.head_size = getattr(plan, "head_size", None)
@@ -205,10 +205,8 @@ def _onnx_export(model, mode, path):
 
 def _check(fmt, mode, dtype, fused=None):
     if fused is not None:
-        from .fused_step import FORMATS as WEIGHTS
-
-        if fused not in WEIGHTS:
-            raise ValueError(f"fused must be one of {', '.join(WEIGHTS)} (the fused step's weight formats), "
+        if fused not in FUSED_FORMATS:
+            raise ValueError(f"fused must be one of {', '.join(FUSED_FORMATS)} (the fused step's weight formats), "
                              f"got {fused!r}")
         if fmt == "onnx" or mode != "step":
             raise ValueError("fused (the fused CPU step kernel) is for --mode step in the pt2 and aoti formats")
@@ -290,7 +288,7 @@ def _main(argv):
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="the weights' dtype (default fp32; "
                    "ONNX: fp32 only)")
-    p.add_argument("--fused", default=None, choices=["fp32", "bf16", "fp16", "int8", "q4"],
+    p.add_argument("--fused", default=None, choices=list(FUSED_FORMATS),
                    help="--mode step, pt2 / aoti: run the fused CPU step kernel (every layer in one call, what "
                         "generate uses on the CPU) with its matrices in this format")
     args = p.parse_args(argv)
