@@ -29,10 +29,4 @@ Tensor new_tensor(IntHeaderOnlyArrayRef sizes, ScalarType dtype, const Tensor& l
   return Tensor(handle);
 }
 
-Tensor unary_op(const char* name, const Tensor& x) {
-  std::array<StableIValue, 1> stack{torch::stable::detail::from(x)};
-  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher(name, "", stack.data(), TORCH_ABI_VERSION));
-  return torch::stable::detail::to<Tensor>(stack[0]);
-}
-
 }  // namespace wkv

@@ -17,10 +17,6 @@ using torch::stable::Tensor;
 // dispatcher call of torch::stable::empty, and this is on every op's path.
 Tensor new_tensor(IntHeaderOnlyArrayRef sizes, ScalarType dtype, const Tensor& like);
 
-// torch.<name>(x) for an elementwise aten op ("aten::exp", "aten::neg") through the stable
-// dispatcher: torch's own kernels on x's device, so results match Python's bit for bit.
-Tensor unary_op(const char* name, const Tensor& x);
-
 // The data of an optional tensor: nullptr when undefined.
 template <class T>
 T* ptr_or_null(const Tensor& t) {

@@ -1,6 +1,6 @@
 // The fused single-token step for CPU generation (python: rwkv_wkv/fused_step.py): every layer
 // of one token per batch row in one call — layer norms, token-shift mixes, the matrix-vector
-// products (threads split each product's rows; SIMD dot products over the weight's own format),
+// products (threads split each product's rows through common/parallel.h; SIMD dot products over the weight's own format),
 // the WKV step, the channel mix and the head — with no per-op dispatch. What the op layer
 // (step_ops.cpp) hands the per-instruction-set kernels (cpu/step_<isa>.cpp, one template:
 // step_kernel.h). The matrix machinery (Matrix, gemv) is generation-agnostic: RWKV-7's step can
@@ -40,6 +40,7 @@ struct Rwkv4Layer {
 
 struct Rwkv4Model {
   int64_t C = 0, F = 0, V = 0, L = 0;
+  int nthreads = 1;       // threads for the products (torch.get_num_threads())
   float eps = 1e-5f;      // the blocks' LayerNorm epsilon
   float eps_out = 1e-5f;  // ln_out's
   const float *ln0_w = nullptr, *ln0_b = nullptr, *ln_out_w = nullptr, *ln_out_b = nullptr;
@@ -57,6 +58,7 @@ struct Rwkv7Layer {
 
 struct Rwkv7Model {
   int64_t C = 0, F = 0, V = 0, L = 0, N = 0;  // N: head size (H = C / N)
+  int nthreads = 1;                            // threads for the products (torch.get_num_threads())
   float eps = 1e-5f, eps_out = 1e-5f, eps_ln_x = 64e-5f;
   const float *ln0_w = nullptr, *ln0_b = nullptr, *ln_out_w = nullptr, *ln_out_b = nullptr;
   const Rwkv7Layer* layers = nullptr;

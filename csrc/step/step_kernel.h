@@ -3,8 +3,9 @@
 // Each unit defines `load_i8(const int8_t*)` for its lane before including this file.
 //
 // The matrix-vector products are the step's cost (every weight read once per token): rows are
-// split over OpenMP threads in contiguous ranges, each row's dot product runs over 2 SIMD
-// accumulators per batch row, the weight vector loaded once for up to 4 batch rows. Several
+// split in chunks of whole 16-row blocks that threads take through the one parallel-for
+// (common/parallel.h); each row's dot product runs over 2 SIMD accumulators per batch row, the
+// weight vector loaded once for up to 4 batch rows. Several
 // products that need the same inputs run in one parallel region (gemv_many). The rest (layer
 // norms, mixes, the WKV step) is O(C) per row: plain loops the compiler vectorises.
 #pragma once
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "common/half_types.h"
+#include "common/parallel.h"
 #include "step/step.h"
 
 namespace {
@@ -333,10 +335,29 @@ void run_rows(const Job& j, int64_t r0, int64_t r1, int64_t B) {
   }
 }
 
-// Several products in one parallel region: their rows are one range, split evenly over the
-// threads in blocks of 16 rows (whole cache lines of the output).
+// Bytes of one row of a matrix in its format.
+inline int64_t row_bytes(const Matrix& m) {
+  switch (m.format) {
+    case Format::F32: return 4 * m.cols;
+    case Format::BF16:
+    case Format::F16: return 2 * m.cols;
+    case Format::I8: return m.cols + 4;
+    case Format::Q4: return wkv::step::q4_row_bytes(m.cols) + 4 * wkv::step::q4_row_scales(m.cols);
+  }
+  return 4 * m.cols;
+}
+
+// Products smaller than this (bytes of weights, all of a call's jobs) run on the calling thread:
+// a parallel region costs more than they do. A chunk is about kChunkBytes of weights.
+constexpr int64_t kGrainBytes = 32 * 1024;
+constexpr int64_t kChunkBytes = 48 * 1024;
+constexpr int64_t kChunksPerThread = 4;
+
+// Several products in one parallel region (common/parallel.h): their rows are one range, split
+// in chunks of whole 16-row blocks (whole cache lines of the output) that threads take as they
+// come.
 template <class L>
-void gemv_many(const Job* in, int n, int64_t B) {
+void gemv_many(const Job* in, int n, int64_t B, int nthreads) {
   Job jobs[8];
   std::copy(in, in + n, jobs);
 #if defined(WKV_STEP_VNNI)
@@ -388,13 +409,23 @@ void gemv_many(const Job* in, int n, int64_t B) {
 #endif
   int64_t starts[9];
   starts[0] = 0;
-  for (int i = 0; i < n; ++i) starts[i + 1] = starts[i] + jobs[i].m->rows;
+  int64_t bytes = 0;  // of weights, all the jobs together
+  for (int i = 0; i < n; ++i) {
+    starts[i + 1] = starts[i] + jobs[i].m->rows;
+    bytes += jobs[i].m->rows * row_bytes(*jobs[i].m);
+  }
   const int64_t total = starts[n];
+  // Chunks of whole 16-row blocks, about kChunkBytes of weights each, at least kChunksPerThread
+  // per thread (a thread the scheduler does not run leaves its share to the others).
   const int64_t blocks = (total + 15) / 16;
-#pragma omp parallel for schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    int64_t r = blk * 16;
-    const int64_t end = std::min(total, r + 16);
+  const int threads = wkv::parallel::threads_for(bytes, kGrainBytes, nthreads);
+  const int64_t block_bytes = std::max<int64_t>(1, bytes / blocks);
+  int64_t per_chunk = std::max<int64_t>(1, kChunkBytes / block_bytes);
+  per_chunk = std::min(per_chunk, std::max<int64_t>(1, blocks / (kChunksPerThread * threads)));
+  const int64_t chunks = (blocks + per_chunk - 1) / per_chunk;
+  wkv::parallel::for_each_chunk(threads > 1 ? chunks : 1, threads, [&](int64_t c, int) {
+    int64_t r = threads > 1 ? c * per_chunk * 16 : 0;
+    const int64_t end = threads > 1 ? std::min(total, (c + 1) * per_chunk * 16) : total;
     while (r < end) {
       int i = 0;
       while (starts[i + 1] <= r) ++i;
@@ -402,7 +433,7 @@ void gemv_many(const Job* in, int n, int64_t B) {
       run_rows<L>(jobs[i], r - starts[i], stop - starts[i], B);
       r = stop;
     }
-  }
+  });
 }
 
 inline void layer_norm(const float* x, const float* w, const float* b, float eps, int64_t C, float* y) {
@@ -439,7 +470,7 @@ template <class L, class Model>
 void ln_out_and_head(const Model& m, const float* x, float* scratch, float* logits, int64_t B) {
   for (int64_t b = 0; b < B; ++b) layer_norm(x + b * m.C, m.ln_out_w, m.ln_out_b, m.eps_out, m.C, scratch + b * m.C);
   const Job head[1] = {{&m.head, scratch, m.C, logits, m.V}};
-  gemv_many<L>(head, 1, B);
+  gemv_many<L>(head, 1, B, m.nthreads);
 }
 
 // Token-shift mix as RWKV-4 writes it: x * mix + prev * (1 - mix).
@@ -479,7 +510,7 @@ void rwkv4_step(const wkv::step::Rwkv4Model& m, float* x, float* state, float* l
     }
     const Job kvr[3] = {{&ly.att_key, in0, C, k, C}, {&ly.att_value, in1, C, v, C},
                         {&ly.att_receptance, in2, C, r, C}};
-    gemv_many<L>(kvr, 3, B);
+    gemv_many<L>(kvr, 3, B, m.nthreads);
     for (int64_t b = 0; b < B; ++b) {
       float* st = state + (b * Lyr + l) * S;
       float *aa = st + C, *bb = st + 2 * C, *pp = st + 3 * C;
@@ -503,7 +534,7 @@ void rwkv4_step(const wkv::step::Rwkv4Model& m, float* x, float* state, float* l
       }
     }
     const Job out[1] = {{&ly.att_output, in0, C, o, C}};
-    gemv_many<L>(out, 1, B);
+    gemv_many<L>(out, 1, B, m.nthreads);
     add_into(x, o, B * C);
     // ---- channel mix ----
     for (int64_t b = 0; b < B; ++b) {
@@ -515,10 +546,10 @@ void rwkv4_step(const wkv::step::Rwkv4Model& m, float* x, float* state, float* l
       std::memcpy(st, xb, sizeof(float) * C);
     }
     const Job kr[2] = {{&ly.ffn_key, in0, C, kf, F}, {&ly.ffn_receptance, in1, C, rf, C}};
-    gemv_many<L>(kr, 2, B);
+    gemv_many<L>(kr, 2, B, m.nthreads);
     relu_square(kf, B * F);
     const Job val[1] = {{&ly.ffn_value, kf, F, o, C}};
-    gemv_many<L>(val, 1, B);
+    gemv_many<L>(val, 1, B, m.nthreads);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t c = 0; c < C; ++c) x[b * C + c] += sigmoid(rf[b * C + c]) * o[b * C + c];
   }
@@ -564,14 +595,14 @@ void rwkv7_step(const wkv::step::Rwkv7Model& m, float* x, float* state, float* l
     const Job first[7] = {{&ly.receptance, xr, C, r, C}, {&ly.key, xk, C, k, C},     {&ly.value, xv, C, v, C},
                           {&ly.w1t, xw, C, hw, D},       {&ly.a1t, xq, C, ha, D},    {&ly.g1t, xg, C, hg, D},
                           {&ly.v1t, xv, C, hv, D}};
-    gemv_many<L>(first, l == 0 ? 6 : 7, B);  // block 0 has no value residual
+    gemv_many<L>(first, l == 0 ? 6 : 7, B, m.nthreads);  // block 0 has no value residual
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t i = 0; i < ly.w1t.rows; ++i) hw[b * D + i] = std::tanh(hw[b * D + i]);
       for (int64_t i = 0; i < ly.g1t.rows; ++i) hg[b * D + i] = sigmoid(hg[b * D + i]);
     }
     const Job second[4] = {{&ly.w2t, hw, D, w, C}, {&ly.a2t, ha, D, a, C}, {&ly.g2t, hg, D, g, C},
                            {&ly.v2t, hv, D, o, C}};
-    gemv_many<L>(second, l == 0 ? 3 : 4, B);
+    gemv_many<L>(second, l == 0 ? 3 : 4, B, m.nthreads);
     for (int64_t b = 0; b < B; ++b) {
       float* st = state + (b * Lyr + l) * S;
       float *rb = r + b * C, *kb = k + b * C, *vb = v + b * C, *wb = w + b * C, *ab = a + b * C;
@@ -634,7 +665,7 @@ void rwkv7_step(const wkv::step::Rwkv7Model& m, float* x, float* state, float* l
       }
     }
     const Job out[1] = {{&ly.output, y, C, o, C}};
-    gemv_many<L>(out, 1, B);
+    gemv_many<L>(out, 1, B, m.nthreads);
     add_into(x, o, B * C);
     // ---- channel mix ----
     for (int64_t b = 0; b < B; ++b) {
@@ -645,10 +676,10 @@ void rwkv7_step(const wkv::step::Rwkv7Model& m, float* x, float* state, float* l
       std::memcpy(st, xb, sizeof(float) * C);
     }
     const Job key[1] = {{&ly.ffn_key, xk, C, kf, F}};
-    gemv_many<L>(key, 1, B);
+    gemv_many<L>(key, 1, B, m.nthreads);
     relu_square(kf, B * F);
     const Job val[1] = {{&ly.ffn_value, kf, F, o, C}};
-    gemv_many<L>(val, 1, B);
+    gemv_many<L>(val, 1, B, m.nthreads);
     add_into(x, o, B * C);
   }
   ln_out_and_head<L>(m, x, xa, logits, B);

@@ -185,6 +185,7 @@ Tensor rwkv4_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
   m.F = F;
   m.V = V;
   m.L = L;
+  m.nthreads = static_cast<int>(torch::stable::get_num_threads());
   m.eps = float(eps);
   m.eps_out = float(eps_out);
   std::vector<Rwkv4Layer> layers(L);
@@ -235,6 +236,7 @@ Tensor rwkv7_step(const Tensor& x, Tensor state, const std::vector<Tensor>& vect
 
   Rwkv7Model m;
   m.C = C, m.F = F, m.V = V, m.L = L, m.N = N;
+  m.nthreads = static_cast<int>(torch::stable::get_num_threads());
   m.eps = float(eps), m.eps_out = float(eps_out);
   std::vector<Rwkv7Layer> layers(L);
   for (int64_t l = 0; l < L; ++l) {

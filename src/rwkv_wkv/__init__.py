@@ -18,7 +18,7 @@ models and their checkpoint formats share; ``_library``: the compiled library; `
 
 import sys as _sys
 
-from ._library import build_info, cpu_isa, cuda_chunk_length, cuda_plan, library_path
+from ._library import build_info, cpu_isa, cuda_chunk_length, cuda_plan, library_path, thread_pool
 from .models import from_checkpoint
 from .rwkv4 import hf as _hf
 from .rwkv4 import model as _model
@@ -55,6 +55,7 @@ __all__ = [
     "library_path",
     "cpu_isa",
     "cuda_chunk_length",
+    "thread_pool",
     "cuda_plan",
     "RWKV",
     "RWKVConfig",

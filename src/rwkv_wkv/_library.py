@@ -44,7 +44,8 @@ def load() -> None:
 def build_info() -> dict:
     """What the installed build contains.
 
-    Keys: ``cuda`` (bool, CUDA kernel compiled in), ``openmp`` (bool), ``torch`` (the torch
+    Keys: ``cuda`` (bool, CUDA kernel compiled in), ``openmp`` (bool: False since the CPU kernels'
+    threads are a pool of their own, ``threads`` = "pool": see ``thread_pool``), ``torch`` (the torch
     version whose headers it was compiled with), ``abi`` ("stable": the LibTorch stable ABI),
     ``abi_target`` (the oldest torch it loads under), ``torch_runtime`` (the one running),
     ``cpu_kernels`` (list of CPU instruction sets compiled in), ``cpu_isa`` (the one in use now)
@@ -76,6 +77,42 @@ def cpu_isa(isa: str | None = None) -> str:
     """
     load()
     return torch.ops.wkv.cpu_isa(isa)
+
+
+def thread_pool(*, spin_us: int | None = None, caller_spin_us: int | None = None, handoff: bool | None = None,
+                spread: bool | None = None, worker_delay_us: int | None = None, reset: bool = False) -> dict:
+    """The CPU kernels' thread pool (csrc/common/parallel.h): its counters and settings as a dict;
+    given settings are applied first (None: unchanged). For tests and benchmarks.
+
+    Every CPU kernel (WKV-4, WKV-7, the fused step) splits its work in chunks that the calling
+    thread and the pool's workers take as they come, and returns as soon as every chunk is done,
+    whoever did it: a worker the scheduler has not run (another program holds its core) is not
+    waited for. The number of threads is ``torch.get_num_threads()`` at each call.
+
+    Settings: ``spin_us`` how long an idle worker spins before it sleeps (default 100);
+    ``caller_spin_us`` how long the caller spins for chunks still running on workers before it
+    sleeps (-1: twice its own chunks' time, the default); ``handoff`` a caller about to sleep lends
+    its CPU to a worker still holding a chunk (default True); ``spread`` a worker seen taking
+    chunks on the caller's CPU is kept off that CPU (default True); ``worker_delay_us`` a test
+    hook: every worker sleeps this long after it wakes before it looks for work (0: off);
+    ``reset`` zeroes the counters. Counters: ``regions`` (parallel calls), ``serial_runs`` (calls
+    run on the calling thread: one thread, or too little work), ``busy_runs`` (calls made while
+    another thread's call held the pool: run on the calling thread), ``chunks_by_workers``,
+    ``caller_sleeps``, ``caller_wait_us`` (time callers waited for workers' chunks), ``long_waits``
+    (waits over 1 ms), ``handoffs``, ``spreads``, ``worker_sleeps``; ``workers`` (started).
+    """
+    load()
+    def setting(value, default):
+        return default if value is None else int(value)
+    raw = torch.ops.wkv.parallel_info(setting(spin_us, -1), setting(caller_spin_us, -2), setting(handoff, -1),
+                                      setting(spread, -1), setting(worker_delay_us, -1), reset)
+    out: dict = {}
+    for item in raw.split(";"):
+        key, _, value = item.partition("=")
+        out[key] = int(value)
+    for key in ("handoff", "spread"):
+        out[key] = bool(out[key])
+    return out
 
 
 def cuda_chunk_length(length: int | str | None = None) -> int:

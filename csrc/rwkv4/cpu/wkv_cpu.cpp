@@ -9,6 +9,7 @@
 #include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <vector>
 
@@ -61,15 +62,18 @@ bool run_backward(const CpuArgs<double>& c) { return backward_cpu_scalar(c); }
 constexpr const char* kOutOfMemory =
     "wkv: the CPU kernel could not allocate its scratch memory (out of memory)";
 
-// The decay w = -exp(time_decay) when the launch carries time_decay: torch's own exp, so the
-// functional ops and RWKV-LM's (w formed in Python) give the same bits; the negation (exact)
-// in place, which saves a dispatcher call.
+// The decay w = -exp(time_decay) when the launch carries time_decay, formed here on the calling
+// thread (C values): torch's exp would hand even 512 values to MKL's OpenMP threads, a parallel
+// region whose barrier waits for a descheduled thread on a busy machine (and hangs a forked
+// child). The exp is computed in double and rounded once, so it is the correctly rounded value
+// (as torch's, to within its last bit).
 template <class S>
 Tensor decay(const Launch& a) {
   if (!a.w_is_log) return a.w;
-  Tensor w = unary_op("aten::exp", a.w);
+  Tensor w = new_tensor({a.C}, a.w.scalar_type(), a.w);
+  const S* td = static_cast<const S*>(a.w.data_ptr());
   S* p = static_cast<S*>(w.data_ptr());
-  for (int64_t c = 0; c < a.C; ++c) p[c] = -p[c];
+  for (int64_t c = 0; c < a.C; ++c) p[c] = static_cast<S>(-std::exp(static_cast<double>(td[c])));
   return w;
 }
 

@@ -9,7 +9,8 @@
 //
 // Work split (docs/performance.md, "The CPU kernel"): a work item is one batch row and a contiguous run of
 // channels; time is the outer loop, channels the inner one, so the run's state stays in L1
-// and k, v, y stream through memory in order. Threads (OpenMP) take work items.
+// and k, v, y stream through memory in order. Threads take work items through the one
+// parallel-for (common/parallel.h).
 //
 // Backward is O(T) with no limit on T: it needs the state at the start of every chunk of
 // kCheckpointSteps steps (the forward's checkpoints when it saved them, else a first pass computes them);
@@ -23,6 +24,7 @@
 #include <type_traits>
 
 #include "common/half_convert.h"
+#include "common/parallel.h"
 #include "rwkv4/wkv.h"
 #include "wkv_cpu_args.h"
 
@@ -321,44 +323,56 @@ bool backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n
 
 #undef WKV_FOR_LANES
 
-// Channel runs: as long as possible (whole rows), split only to give every thread work;
-// run lengths are multiples of the vector width so only the last run has a scalar tail.
+// Work items: (batch row, run of channels). Runs are as long as possible (whole rows: long
+// contiguous runs keep the prefetchers busy), split only so that there are a few items per thread
+// (a thread the scheduler does not run leaves its share to the others) and never below
+// kMinRun channels; lengths are multiples of the vector width, so only the last run of a row has
+// a scalar tail.
+constexpr int64_t kMinRun = 64;
+constexpr int64_t kItemsPerThread = 4;
+// Below this many (t, channel) steps in all a call runs on one thread: a parallel region costs
+// more than the work (measured: benchmarks/bench_busy.py --grain).
+constexpr int64_t kGrainSteps = 16384;
+
 inline int64_t channel_run(const int64_t B, const int64_t C, const int64_t nthreads,
                            const int64_t width) {
-  int64_t splits = (nthreads + B - 1) / B;
+  if (nthreads <= 1) return C;
+  int64_t splits = (kItemsPerThread * nthreads + B - 1) / B;
   if (splits < 1) splits = 1;
   int64_t run = (C + splits - 1) / splits;
+  run = run > kMinRun ? run : kMinRun;
   run = ((run + width - 1) / width) * width;
   return run < C ? run : C;
 }
 
-// Runs item_fn(b, c0, n, scratch) for every work item (batch row x channel run) on the
-// OpenMP threads; `scratch_rows` rows of `run` elements of 64-byte aligned scratch per thread.
-// Returns false if any allocation failed (item_fn returns false for its own).
+// Runs item_fn(b, c0, n, scratch) for every work item (batch row x channel run) through the one
+// parallel-for (common/parallel.h); `scratch_rows` rows of `run` elements of 64-byte aligned
+// scratch per thread. Returns false if any allocation failed (item_fn returns false for its own).
 template <class L, class S, class I, class ItemFn>
 bool for_each_item(const wkv::CpuArgs<S, I>& a, int64_t scratch_rows, ItemFn item_fn) {
-  const int64_t run = channel_run(a.B, a.C, a.nthreads, L::W);
+  const int threads = wkv::parallel::threads_for(a.B * a.T * a.C, kGrainSteps, a.nthreads);
+  const int64_t run = channel_run(a.B, a.C, threads, L::W);
   const int64_t nruns = (a.C + run - 1) / run;
   const int64_t items = a.B * nruns;
-  int failed = 0;
-#pragma omp parallel num_threads(a.nthreads) if (a.nthreads > 1 && items > 1)
-  {
-    S* scratch = scratch_rows > 0 ? scratch_alloc<S>(scratch_rows * run) : nullptr;
-    const bool have_scratch = scratch_rows == 0 || scratch != nullptr;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < items; ++i) {
-      const int64_t b = i / nruns;
-      const int64_t c0 = (i % nruns) * run;
-      const int64_t n = c0 + run <= a.C ? run : a.C - c0;
-      if (!have_scratch || !item_fn(b, c0, n, scratch)) {
-#pragma omp atomic write
-        failed = 1;
+  int failed = 0;  // (set with a relaxed atomic store by any chunk)
+  S* scratch[wkv::parallel::kMaxThreads] = {};
+  auto chunk = [&](int64_t i, int worker) {
+    if (scratch_rows > 0 && scratch[worker] == nullptr) {
+      scratch[worker] = scratch_alloc<S>(scratch_rows * run);  // (worker's own slot)
+      if (scratch[worker] == nullptr) {
+        __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
+        return;
       }
     }
-    L::fence();  // streaming stores are ordered per thread
-    std::free(scratch);
-  }
-  return failed == 0;
+    const int64_t b = i / nruns;
+    const int64_t c0 = (i % nruns) * run;
+    const int64_t n = c0 + run <= a.C ? run : a.C - c0;
+    if (!item_fn(b, c0, n, scratch[worker])) __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
+    L::fence();  // streaming stores are ordered per thread: done before the chunk is counted
+  };
+  wkv::parallel::for_each_chunk(items, threads, chunk);
+  for (S* p : scratch) std::free(p);
+  return __atomic_load_n(&failed, __ATOMIC_RELAXED) == 0;
 }
 
 template <class L, class S, class I>

@@ -6,6 +6,9 @@
 // uses the accurate exp and division; the GPU uses __expf and __fdividef, see csrc/rwkv4/wkv.h.)
 #include <torch/csrc/stable/ops.h>
 
+#include <algorithm>
+
+#include "common/parallel.h"
 #include "rwkv4/wkv_cuda_driver.h"
 
 namespace wkv {
@@ -16,8 +19,10 @@ struct EmulatedGpu {
   template <class Body, class TIn, class S>
   void run(int64_t threads, const ScanArgs<TIn, S>& args) {
     // The threads of one pass are independent by design, so they may run in any order.
-    torch::stable::parallel_for(0, threads, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) Body::run(i, args);
+    const int64_t per_chunk = 16, chunks = (threads + per_chunk - 1) / per_chunk;
+    parallel::for_each_chunk(chunks, static_cast<int>(torch::stable::get_num_threads()), [&](int64_t c, int) {
+      const int64_t end = std::min(threads, (c + 1) * per_chunk);
+      for (int64_t i = c * per_chunk; i < end; ++i) Body::run(i, args);
     });
   }
 };

@@ -3,11 +3,12 @@
 // (wkv7_cpu_{scalar,avx2,avx512}.cpp) with raw pointers only, everything with internal linkage
 // (as csrc/rwkv4/cpu/wkv_cpu_kernel.h: no AVX-512 code can leak to a machine without it).
 //
-// The math is rwkv7/wkv7.h's. Work split: a work item is one (batch row, head); OpenMP threads
-// take items. An item's state (N rows of N) lives in a 64-byte aligned scratch row-major, each
-// row padded to a whole number of vectors with zero columns (which stay zero: their d, a, b, k
-// are zero), so any N runs at full vector width. A step is one sweep over the state's rows:
-// row i's vectors give sa_i and y_i (two horizontal sums) and are updated in place, all in L1.
+// The math is rwkv7/wkv7.h's. Work split: a work item is one (batch row, head); threads take
+// items through the one parallel-for (common/parallel.h). An item's state (N rows of N) lives
+// in a 64-byte aligned scratch row-major, each row padded to a whole number of vectors with zero
+// columns (which stay zero: their d, a, b, k are zero), so any N runs at full vector width. A
+// step is one sweep over the state's rows: row i's vectors give sa_i and y_i (two horizontal
+// sums) and are updated in place, all in L1.
 //
 // The backward is O(T) with no limit on T: it needs the state before every kCheckpointSteps-th
 // step (the forward's checkpoints, or a forward pass writes them first: wkv7_cpu.cpp); from the
@@ -21,6 +22,7 @@
 #include <cstring>
 
 #include "common/half_convert.h"
+#include "common/parallel.h"
 #include "wkv7_cpu_args.h"
 
 namespace {
@@ -381,26 +383,33 @@ void backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item, S* scratch) {
   if (a.gstate_in) store_state(hs, N, Np, a.gstate_in + item * NN);
 }
 
-// Runs item_fn(item, scratch) for every (batch row, head) on the OpenMP threads, with
-// `scratch_size` elements of scratch per thread. Returns false if an allocation failed.
+// Below this many multiply-adds in all (T * N * N per item) a call runs on one thread: a
+// parallel region costs more than the work.
+constexpr int64_t kGrainFmas = 65536;
+
+// Runs item_fn(item, scratch) for every (batch row, head) through the one parallel-for
+// (common/parallel.h), with `scratch_size` elements of scratch per thread. Returns false if an
+// allocation failed.
 template <class S, class I, class ItemFn>
 bool for_each_item(const wkv::v7::CpuArgs<S, I>& a, int64_t scratch_size, ItemFn item_fn) {
   const int64_t items = a.B * a.H;
-  int failed = 0;
-#pragma omp parallel num_threads(a.nthreads) if (a.nthreads > 1 && items > 1)
-  {
-    S* scratch = scratch_size > 0 ? scratch_alloc<S>(scratch_size) : nullptr;
-    const bool have_scratch = scratch_size == 0 || scratch != nullptr;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < items; ++i) {
-      if (!have_scratch || !item_fn(i, scratch)) {
-#pragma omp atomic write
-        failed = 1;
+  const int64_t per_item = a.T * a.N * a.N;
+  const int threads = wkv::parallel::threads_for(items * per_item, kGrainFmas, a.nthreads);
+  int failed = 0;  // (set with a relaxed atomic store by any chunk)
+  S* scratch[wkv::parallel::kMaxThreads] = {};
+  auto chunk = [&](int64_t i, int worker) {
+    if (scratch_size > 0 && scratch[worker] == nullptr) {
+      scratch[worker] = scratch_alloc<S>(scratch_size);  // (worker's own slot)
+      if (scratch[worker] == nullptr) {
+        __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
+        return;
       }
     }
-    std::free(scratch);
-  }
-  return failed == 0;
+    if (!item_fn(i, scratch[worker])) __atomic_store_n(&failed, 1, __ATOMIC_RELAXED);
+  };
+  wkv::parallel::for_each_chunk(items, threads, chunk);
+  for (S* p : scratch) std::free(p);
+  return __atomic_load_n(&failed, __ATOMIC_RELAXED) == 0;
 }
 
 template <class L, class S, class I>

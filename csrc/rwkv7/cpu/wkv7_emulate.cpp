@@ -4,9 +4,11 @@
 // test suite runs the RWKV-7 op tests this way too. (Host arithmetic: no fast-math intrinsics.)
 #include <torch/csrc/stable/ops.h>
 
+#include <algorithm>
 #include <memory>
 #include <vector>
 
+#include "common/parallel.h"
 #include "rwkv7/wkv7_cuda_driver.h"
 
 namespace wkv::v7 {
@@ -29,13 +31,17 @@ struct EmulatedBlock {
 struct EmulatedGpu {
   template <class Body, class TIn, class S>
   void run(int64_t blocks, const CudaArgs<TIn, S>& args) {
-    torch::stable::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      auto sh = std::make_unique<typename Body::Shared>();
-      std::vector<typename Body::Thread> th(Body::kThreads);
-      for (int64_t blk = begin; blk < end; ++blk) {
-        EmulatedBlock<Body, TIn, S> run{blk, args, *sh, th};
-        Body::schedule(args.T, run);
-      }
+    // one block's shared memory and threads per worker, allocated here (chunks must not throw)
+    const int nthreads = static_cast<int>(std::min<int64_t>(torch::stable::get_num_threads(), parallel::kMaxThreads));
+    std::vector<std::unique_ptr<typename Body::Shared>> sh(nthreads);
+    std::vector<std::vector<typename Body::Thread>> th(nthreads);
+    for (int w = 0; w < nthreads; ++w) {
+      sh[w] = std::make_unique<typename Body::Shared>();
+      th[w].resize(Body::kThreads);
+    }
+    parallel::for_each_chunk(blocks, nthreads, [&](int64_t blk, int w) {
+      EmulatedBlock<Body, TIn, S> run{blk, args, *sh[w], th[w]};
+      Body::schedule(args.T, run);
     });
   }
 };
