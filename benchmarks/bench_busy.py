@@ -17,6 +17,11 @@ Calls (each timed many times; median and p90 of all the times, over every round)
   matmul        torch's own 256 x 256 float32 matmul (MKL / OpenMP), in µs: for reference
   token FMT     one fused generation step (torch.ops.wkv.rwkv7_step) at the 0.1B shape (RWKV-7
                 L12-d768, vocab 65536, random weights) in fp32 and int8, in ms
+  train demo    one training step of the README's demo model (RWKV-4 L4-d128, bytes, batch 16 x 128:
+                forward, backward, AdamW), in ms: mostly torch's own ops (matmuls, layer norms)
+With --profile, the measuring process also profiles 10 demo training steps at N threads
+(torch.profiler) and reports the self time of our ops (wkv::*) and of torch's, per load: what a
+busy core costs each of them.
 Each round runs a fresh measuring process per build (ours, and --baseline's python if given) under
 each load; inside it every call alternates blocks at N threads and at 1 thread. The claim is the
 ratio N-thread / 1-thread of the median and of the p90: at most 1 means parallelism never costs.
@@ -49,6 +54,7 @@ CALLS = {
     "matmul 256": (100, 4),
     "token fp32": (10, 3),
     "token int8": (20, 3),
+    "train demo": (5, 3),
 }
 TOKEN_SHAPE = dict(vocab_size=65536, n_layer=12, n_embd=768, head_size=64)
 
@@ -88,9 +94,53 @@ def make_calls(names, checkpoint):
             state = model.init_state(1)
             tokens = torch.tensor([1])
             calls[name] = lambda plan=plan, state=state, tokens=tokens: plan.step_(tokens, state)
+        elif kind == "train":
+            calls[name] = demo_train_step()
         else:
             raise ValueError(f"unknown call {name!r}")
     return calls
+
+
+def demo_train_step():
+    """One training step at the demo's shapes (python -m rwkv_wkv.train's demo preset)."""
+    import torch
+
+    from rwkv_wkv import RWKV, RWKVConfig
+    torch.manual_seed(0)
+    model = RWKV(RWKVConfig(vocab_size=256, n_layer=4, n_embd=128, ctx_len=128))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    idx = torch.randint(0, 256, (16, 129))
+
+    def step():
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def profile_demo(threads, steps=10):
+    """Self CPU time (ms per step) of our ops and of torch's in the demo's training steps."""
+    import torch
+    torch.set_num_threads(threads)
+    step = demo_train_step()
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = time.perf_counter() - t
+    ours = theirs = 0.0
+    top = {}
+    for e in prof.key_averages():
+        if e.key.startswith("wkv::"):
+            ours += e.self_cpu_time_total
+        elif e.key.startswith("aten::"):
+            theirs += e.self_cpu_time_total
+            top[e.key] = e.self_cpu_time_total
+    biggest = sorted(top.items(), key=lambda kv: -kv[1])[:5]
+    return {"wall_ms": wall * 1e3 / steps, "ours_ms": ours / 1e3 / steps, "torch_ms": theirs / 1e3 / steps,
+            "torch_top_ms": {k: v / 1e3 / steps for k, v in biggest}}
 
 
 def measure(names, threads, checkpoint):
@@ -164,12 +214,17 @@ def main(argv=None):
     p.add_argument("--baseline", default=None, help="another python whose rwkv_wkv to measure beside ours")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--png", default=None, help="draw the ratios here")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile the demo's training steps: our ops' and torch's self time per load")
     p.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # (the measuring process)
     args = p.parse_args(argv)
 
     if args.measure:
         spec = json.loads(args.measure)
-        print(json.dumps(measure(spec["calls"], spec["threads"], spec["checkpoint"])))
+        out = measure(spec["calls"], spec["threads"], spec["checkpoint"])
+        if spec.get("profile"):
+            out["_profile"] = profile_demo(spec["threads"])
+        print(json.dumps(out))
         return 0
 
     import torch
@@ -191,7 +246,8 @@ def main(argv=None):
         checkpoint = os.path.join(tmp, "rwkv7-0.1b.pt")
         if any(n.startswith("token") for n in names):
             make_checkpoint(checkpoint)
-        spec = json.dumps({"calls": names, "threads": threads, "checkpoint": checkpoint})
+        spec = json.dumps({"calls": names, "threads": threads, "checkpoint": checkpoint, "profile": args.profile})
+        profiles = {b: {load: [] for load in loads} for b in builds}
         steps = [(r, load, b) for r in range(args.rounds) for load in loads for b in builds]
         for r, load, build in tqdm(steps, desc="rounds x loads x builds"):
             procs = start_load(load)
@@ -203,7 +259,10 @@ def main(argv=None):
                 stop_load(procs)
             if out.returncode != 0:
                 raise SystemExit(f"the measuring process ({build}, {load}) failed:\n{out.stderr[-3000:]}")
-            for name, times in json.loads(out.stdout.strip().splitlines()[-1]).items():
+            measured = json.loads(out.stdout.strip().splitlines()[-1])
+            if "_profile" in measured:
+                profiles[build][load].append(measured.pop("_profile"))
+            for name, times in measured.items():
                 results[build][load][name]["N"] += times[str(threads)]
                 results[build][load][name]["1"] += times["1"]
 
@@ -212,7 +271,7 @@ def main(argv=None):
         for load in loads:
             for name in names:
                 t = results[build][load][name]
-                unit = 1e3 if name.startswith("token") else 1e6
+                unit = 1e3 if name.startswith(("token", "train")) else 1e6
                 row = {"build": build, "load": load, "call": name, "unit": "ms" if unit == 1e3 else "us",
                        "threads": threads, "samples": len(t["N"])}
                 for key, xs in (("n", t["N"]), ("one", t["1"])):
@@ -230,11 +289,25 @@ def main(argv=None):
         print(f"{row['build']:9} {row['load']:7} {row['call']:18} {row['n_median']:>10.1f} {row['n_p90']:>10.1f} "
               f"{row['one_median']:>10.1f} {row['one_p90']:>10.1f} {row['ratio_median']:>6.2f} "
               f"{row['ratio_p90']:>6.2f}  {row['unit']}")
+    profile_rows = []
+    if args.profile:
+        print(f"\nThe demo's training step at {threads} threads, profiled (torch.profiler, self CPU time per step, "
+              f"the median over rounds): our ops (wkv::*) and torch's (aten::*)")
+        print(f"{'build':9} {'load':7} {'wall ms':>8} {'ours ms':>8} {'torch ms':>9}  torch's largest")
+        for build in builds:
+            for load in loads:
+                ps = profiles[build][load]
+                row = {"build": build, "load": load,
+                       **{k: statistics.median(x[k] for x in ps) for k in ("wall_ms", "ours_ms", "torch_ms")},
+                       "torch_top_ms": ps[len(ps) // 2]["torch_top_ms"]}
+                profile_rows.append(row)
+                top = ", ".join(f"{k[6:]} {v:.1f}" for k, v in list(row["torch_top_ms"].items())[:3])
+                print(f"{build:9} {load:7} {row['wall_ms']:>8.1f} {row['ours_ms']:>8.1f} {row['torch_ms']:>9.1f}  {top}")
     meta = {"threads": threads, "rounds": args.rounds, "cpus": os.cpu_count(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv), "builds": builds}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": summary}, f, indent=1)
+            json.dump({"meta": meta, "results": summary, "demo_profile": profile_rows}, f, indent=1)
     if args.png:
         plot(summary, loads, names, list(builds), threads, args.png)
     return 0

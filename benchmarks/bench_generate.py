@@ -275,6 +275,11 @@ def main(argv=None):
     records = []
     for s in tqdm(args.shapes.split(","), desc="bench_generate", file=sys.stderr):
         records += bench_shape(*parse_shape(s), device, args, not args.no_chatrwkv)
+    below = [f"{r['shape']} {r['impl']} {r['format']} batch {r['batch']}: {r['token_ms']:.2f} ms < floor "
+             f"{r['floor_token_ms']:.2f} ms" for r in records if r["token_ms"] < r["floor_token_ms"]]
+    if below:  # reading the weights once is the least a token costs: the bandwidth probes ran under load
+        raise UsageError("unmeasurable run, nothing written: a step beat the memory floor (" + "; ".join(below)
+                         + "); another program was using the machine: run again when it is quiet")
     print(format_table(records))
     for r in records:
         if "logit_rel_err_vs_fp32" in r and r["batch"] == 1 and r["format"] != "fp32":

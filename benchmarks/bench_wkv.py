@@ -347,6 +347,13 @@ def main(argv=None):
             bar.update()
     bar.close()
 
+    below = [f"{tuple(r['shape'])} {r['impl']} {label} {r[key]:.3f} ms < floor {floor[key]:.3f} ms"
+             for r in records if r["impl"] not in ("floor", "naive")
+             for floor in [next(f for f in records if f["impl"] == "floor" and f["shape"] == r["shape"])]
+             for key, label in (("fwd_ms", "fwd"), ("fwdbwd_ms", "fwd+bwd")) if r[key] < floor[key]]
+    if below:  # nothing can beat its floor: the floor (or the kernel) was timed while something else ran
+        raise UsageError("unmeasurable run, nothing written: a kernel beat what no implementation can beat ("
+                         + "; ".join(below) + "); another program was using the machine: run again when it is quiet")
     if cuda:
         notes.append("GPU floor: memory traffic only; its ratio is shown where it binds (kernel within 4x), "
                      "elsewhere the op is latency-bound (T dependent steps per lane)")

@@ -175,6 +175,12 @@ def main(argv=None):
                             "fwdbwd_ms": median_ms(fwdbwd, 1, repeats, naive_budget)})
         records.append({**rec, "impl": "floor", "fwd_ms": floor_fwd, "fwdbwd_ms": floor_fwd + floor_bwd})
 
+    below = [f"{tuple(k['shape'])} {label} {k[key]:.3f} ms < floor {f[key]:.3f} ms"
+             for k, f in zip([r for r in records if r["impl"] == "kernel"], [r for r in records if r["impl"] == "floor"])
+             for key, label in (("fwd_ms", "fwd"), ("fwdbwd_ms", "fwd+bwd")) if k[key] < f[key]]
+    if below:  # nothing can beat its floor: the FMA rate (or the kernel) was timed while something else ran
+        raise UsageError("unmeasurable run, nothing written: the kernel beat the arithmetic floor ("
+                         + "; ".join(below) + "); another program was using the machine: run again when it is quiet")
     print(format_table(records))
     if args.json:
         with open(args.json, "w") as f:

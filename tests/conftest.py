@@ -100,7 +100,8 @@ def exact_cached(B, T, C, seed, kind, dtype_name):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``slow`` (AOTInductor compiles, the C++ runner's build) run only when asked for
+    """Tests marked ``slow`` (AOTInductor compiles, the C++ runner's build, entry-by-entry gradchecks
+    that have a fast sibling in the default run) run only when asked for
     with ``-m slow`` (.ci/run does); the default run skips them."""
     if "slow" in (config.getoption("markexpr") or ""):
         return

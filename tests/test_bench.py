@@ -28,6 +28,19 @@ def test_bench_runs(tmp_path, capsys):
     assert "| (2, 40, 24) | kernel |" in table and "speedup vs naive" in table
 
 
+def test_bench_rejects_a_kernel_faster_than_its_floor(tmp_path, monkeypatch):
+    """A kernel timed below what no implementation can beat means the run was disturbed: the
+    benchmark says so and writes nothing, instead of printing ratios below 1."""
+    from rwkv_wkv.errors import UsageError
+
+    bench = _load_bench()
+    monkeypatch.setattr(bench, "floor_ms", lambda *a, **k: {"fwd_ms": 1e4, "fwdbwd_ms": 1e4})
+    out_json = tmp_path / "b.json"
+    with pytest.raises(UsageError, match="unmeasurable run"):
+        bench.main(["--shapes", "1x17x5", "--repeats", "1", "--skip-naive", "--json", str(out_json)])
+    assert not out_json.exists()
+
+
 def _load_bench():
     spec = importlib.util.spec_from_file_location("bench_wkv", ROOT / "benchmarks" / "bench_wkv.py")
     bench = importlib.util.module_from_spec(spec)

@@ -105,7 +105,7 @@ def test_segments_equal_one_pass_values_and_gradients(split):
     assert any((a - b).abs().max() > 0 for a, b in zip(grads_one, grads_plain))  # L2Wrap adds its part
 
 
-def test_state_gradient_gradcheck():
+def _state_gradcheck(fast_mode):
     """The gradient of the logits with respect to the incoming state (shifts and WKV state)."""
     model = random_model(dtype=torch.float64, n_layer=2, n_embd=32, head_size=16, dim_ffn=64, decay_lora=8,
                          a_lora=8, v_lora=8, gate_lora=8, vocab_size=11)
@@ -114,7 +114,19 @@ def test_state_gradient_gradcheck():
         _, _, s0 = model(torch.randint(0, 11, (2, 4)), return_state=True)
     s0.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda s: model(idx, state=s, return_state=True)[::2], (s0,), eps=1e-6,
-                                    atol=1e-6)
+                                    atol=1e-6, fast_mode=fast_mode)
+
+
+def test_state_gradient_gradcheck_fast():
+    """Every entry of the state's gradient, through random projections (gradcheck's fast mode: a
+    few model calls instead of two per state entry); the entry-by-entry check is the slow sibling."""
+    _state_gradcheck(fast_mode=True)
+
+
+@pytest.mark.slow
+def test_state_gradient_gradcheck():
+    """Entry by entry: two model calls per state entry (2 304 entries), minutes on a busy machine."""
+    _state_gradcheck(fast_mode=False)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.1), (torch.float16, 2e-2), (torch.float64, 1e-5)])

@@ -104,6 +104,7 @@ struct Pool {
 };
 
 std::atomic<Pool*> g_pool{nullptr};
+thread_local bool t_in_region = false;  // this thread runs a region, or a chunk of one
 std::once_flag g_atfork;
 
 Pool& pool() {
@@ -154,6 +155,7 @@ void worker_main(Pool* pp, int id) {
     Word w;
     int64_t chunk;
     bool first = true;
+    t_in_region = true;
     while (claim(p, static_cast<uint64_t>(id), w, chunk)) {
       slot.busy.store(1, std::memory_order_relaxed);
       if (first) {
@@ -169,6 +171,7 @@ void worker_main(Pool* pp, int id) {
       const uint32_t finished = p.done.fetch_add(1, std::memory_order_seq_cst) + 1;
       if (finished == w.count && p.caller_asleep.load(std::memory_order_seq_cst)) wake_all(p.done);
     }
+    t_in_region = false;
     // Wait for the next region: spin a while (the next region of a token comes within
     // microseconds), then sleep. Time spent descheduled does not count as spinning: a worker
     // that another program held off its core spins its full while once it runs again.
@@ -235,15 +238,28 @@ void run(int64_t nchunks, int nthreads, ChunkFn fn, void* ctx) {
     p.serial_runs.fetch_add(1, std::memory_order_relaxed);
     return run_serial(nchunks, fn, ctx);
   }
-  std::unique_lock<std::mutex> lock(p.region, std::try_to_lock);
-  if (!lock.owns_lock()) {  // another thread's region (or ours: a chunk calling in): never wait
+  // A chunk calling in (t_in_region), or another thread's region: run serially, never wait.
+  std::unique_lock<std::mutex> lock(p.region, std::defer_lock);
+  if (t_in_region || !lock.try_lock()) {
     p.busy_runs.fetch_add(1, std::memory_order_relaxed);
     return run_serial(nchunks, fn, ctx);
   }
   while (p.workers < threads - 1) {
-    const int id = ++p.workers;
-    std::thread(worker_main, &p, id).detach();
+    try {
+      std::thread(worker_main, &p, p.workers + 1).detach();
+      ++p.workers;
+    } catch (...) {  // no more threads to be had (a limit of the system): fewer workers
+      break;
+    }
   }
+  if (p.workers == 0) {
+    p.serial_runs.fetch_add(1, std::memory_order_relaxed);
+    return run_serial(nchunks, fn, ctx);
+  }
+  struct Inside {  // (also a chunk of ours that calls run() runs serially)
+    Inside() { t_in_region = true; }
+    ~Inside() { t_in_region = false; }
+  } inside;
   p.regions.fetch_add(1, std::memory_order_relaxed);
   p.fn = fn;
   p.ctx = ctx;

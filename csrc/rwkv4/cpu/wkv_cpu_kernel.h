@@ -329,7 +329,7 @@ bool backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n
 // kMinRun channels; lengths are multiples of the vector width, so only the last run of a row has
 // a scalar tail.
 constexpr int64_t kMinRun = 64;
-constexpr int64_t kItemsPerThread = 4;
+constexpr int64_t kItemsPerThread = 8;
 // Below this many (t, channel) steps in all a call runs on one thread: a parallel region costs
 // more than the work (measured: benchmarks/bench_busy.py --grain).
 constexpr int64_t kGrainSteps = 16384;
