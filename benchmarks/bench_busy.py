@@ -302,7 +302,8 @@ def main(argv=None):
                        "torch_top_ms": ps[len(ps) // 2]["torch_top_ms"]}
                 profile_rows.append(row)
                 top = ", ".join(f"{k[6:]} {v:.1f}" for k, v in list(row["torch_top_ms"].items())[:3])
-                print(f"{build:9} {load:7} {row['wall_ms']:>8.1f} {row['ours_ms']:>8.1f} {row['torch_ms']:>9.1f}  {top}")
+                print(f"{build:9} {load:7} {row['wall_ms']:>8.1f} {row['ours_ms']:>8.1f} "
+                      f"{row['torch_ms']:>9.1f}  {top}")
     meta = {"threads": threads, "rounds": args.rounds, "cpus": os.cpu_count(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M"), "command": " ".join(sys.argv), "builds": builds}
     if args.json:

@@ -176,7 +176,8 @@ def main(argv=None):
         records.append({**rec, "impl": "floor", "fwd_ms": floor_fwd, "fwdbwd_ms": floor_fwd + floor_bwd})
 
     below = [f"{tuple(k['shape'])} {label} {k[key]:.3f} ms < floor {f[key]:.3f} ms"
-             for k, f in zip([r for r in records if r["impl"] == "kernel"], [r for r in records if r["impl"] == "floor"])
+             for k, f in zip([r for r in records if r["impl"] == "kernel"],
+                             [r for r in records if r["impl"] == "floor"])
              for key, label in (("fwd_ms", "fwd"), ("fwdbwd_ms", "fwd+bwd")) if k[key] < f[key]]
     if below:  # nothing can beat its floor: the FMA rate (or the kernel) was timed while something else ran
         raise UsageError("unmeasurable run, nothing written: the kernel beat the arithmetic floor ("
