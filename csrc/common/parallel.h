@@ -8,14 +8,17 @@
 // the calling thread publishes it and takes chunks itself, pool workers take chunks as they
 // come, and the region ends when every chunk is done, whoever did it. A worker that wakes late
 // finds no work and touches nothing of the region. The caller waits only for chunks already
-// claimed (it spins about as long as one of its own chunks took, then sleeps, which also frees
-// its core for a descheduled worker to finish there).
+// claimed: it spins about twice as long as one of its own chunks took, then (Linux) lends its CPU
+// to the worker still holding a chunk and sleeps until the chunk is counted. A worker seen taking
+// chunks on the caller's own CPU is kept off that CPU (the scheduler wakes a thread beside its
+// waker and, with the other cores busy, keeps the two sharing one). docs/performance.md, "On a
+// busy machine", has the measurements.
 //
 // Threads: a region uses at most `nthreads` (the caller's torch.get_num_threads(), so
 // torch.set_num_threads applies) including the caller; the pool grows to the largest count
 // asked for and workers beyond a region's count sit it out. Between regions a worker spins
-// briefly (regions of one token follow each other within microseconds), then sleeps on a futex,
-// so it holds no core while torch's own threads run. One region at a time: a call made while
+// briefly (100 µs of its own running time: regions of one token follow each other within
+// microseconds), then sleeps on a futex, so it holds no core while torch's own threads run. One region at a time: a call made while
 // another thread (or a chunk) runs one, runs its chunks serially on its own thread instead of
 // waiting. After fork() the child starts with a fresh, empty pool.
 //
