@@ -16,7 +16,6 @@
 #include <atomic>
 #include <chrono>
 #include <climits>
-#include <cstdio>
 #include <mutex>
 #include <thread>
 
@@ -94,7 +93,7 @@ struct Pool {
   int workers = 0;  // threads started (ids 1..workers); grown under `region`
   std::atomic<int64_t> spin_ns{100000};
   std::atomic<int64_t> delay_us{0};
-  std::atomic<int64_t> caller_spin_ns{-1};  // < 0: about one chunk's time (see run)
+  std::atomic<int64_t> caller_spin_ns{-1};  // < 0: twice the caller's own chunk time (see run)
   std::atomic<int> handoff{1};               // lend the caller's CPU to a stalled worker (see run)
   std::atomic<int> spread{1};                // keep workers off the caller's CPU (see run)
   Slot slots[kMaxThreads + 1];
@@ -278,8 +277,8 @@ void run(int64_t nchunks, int nthreads, ChunkFn fn, void* ctx) {
     ++mine;
     p.done.fetch_add(1, std::memory_order_seq_cst);
   }
-  // Chunks still running on workers: spin about as long as one chunk of ours took (a worker on
-  // a core of its own finishes within that), then sleep until the last one is counted.
+  // Chunks still running on workers: spin about twice as long as one chunk of ours took (a worker
+  // on a core of its own finishes within that), then sleep until the last one is counted.
   const uint32_t count = static_cast<uint32_t>(nchunks);
   if (p.done.load(std::memory_order_acquire) != count) {
     const auto t1 = Clock::now();

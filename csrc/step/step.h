@@ -1,6 +1,7 @@
 // The fused single-token step for CPU generation (python: rwkv_wkv/fused_step.py): every layer
 // of one token per batch row in one call — layer norms, token-shift mixes, the matrix-vector
-// products (threads split each product's rows through common/parallel.h; SIMD dot products over the weight's own format),
+// products (threads split each product's rows through common/parallel.h; SIMD dot products over
+// the weight's own format),
 // the WKV step, the channel mix and the head — with no per-op dispatch. What the op layer
 // (step_ops.cpp) hands the per-instruction-set kernels (cpu/step_<isa>.cpp, one template:
 // step_kernel.h). The matrix machinery (Matrix, gemv) is generation-agnostic: RWKV-7's step can

@@ -5,9 +5,9 @@
 // The matrix-vector products are the step's cost (every weight read once per token): rows are
 // split in chunks of whole 16-row blocks that threads take through the one parallel-for
 // (common/parallel.h); each row's dot product runs over 2 SIMD accumulators per batch row, the
-// weight vector loaded once for up to 4 batch rows. Several
-// products that need the same inputs run in one parallel region (gemv_many). The rest (layer
-// norms, mixes, the WKV step) is O(C) per row: plain loops the compiler vectorises.
+// weight vector loaded once for up to 4 batch rows. Several products that need the same inputs
+// run in one parallel region (gemv_many). The rest (layer norms, mixes, the WKV step) is O(C)
+// per row: plain loops the compiler vectorises.
 #pragma once
 
 #include <algorithm>
@@ -419,13 +419,15 @@ void gemv_many(const Job* in, int n, int64_t B, int nthreads) {
   // per thread (a thread the scheduler does not run leaves its share to the others).
   const int64_t blocks = (total + 15) / 16;
   const int threads = wkv::parallel::threads_for(bytes, kGrainBytes, nthreads);
-  const int64_t block_bytes = std::max<int64_t>(1, bytes / blocks);
-  int64_t per_chunk = std::max<int64_t>(1, kChunkBytes / block_bytes);
-  per_chunk = std::min(per_chunk, std::max<int64_t>(1, blocks / (kChunksPerThread * threads)));
+  int64_t per_chunk = std::max<int64_t>(1, blocks);  // (one thread: one chunk)
+  if (threads > 1) {
+    per_chunk = std::max<int64_t>(1, kChunkBytes / std::max<int64_t>(1, bytes / blocks));
+    per_chunk = std::min(per_chunk, std::max<int64_t>(1, blocks / (kChunksPerThread * threads)));
+  }
   const int64_t chunks = (blocks + per_chunk - 1) / per_chunk;
-  wkv::parallel::for_each_chunk(threads > 1 ? chunks : 1, threads, [&](int64_t c, int) {
-    int64_t r = threads > 1 ? c * per_chunk * 16 : 0;
-    const int64_t end = threads > 1 ? std::min(total, (c + 1) * per_chunk * 16) : total;
+  wkv::parallel::for_each_chunk(chunks, threads, [&](int64_t c, int) {
+    int64_t r = c * per_chunk * 16;
+    const int64_t end = std::min(total, (c + 1) * per_chunk * 16);
     while (r < end) {
       int i = 0;
       while (starts[i + 1] <= r) ++i;

@@ -330,8 +330,8 @@ bool backward_item(const wkv::CpuArgs<S, I>& a, int64_t b, int64_t c0, int64_t n
 // a scalar tail.
 constexpr int64_t kMinRun = 64;
 constexpr int64_t kItemsPerThread = 8;
-// Below this many (t, channel) steps in all a call runs on one thread: a parallel region costs
-// more than the work (measured: benchmarks/bench_busy.py --grain).
+// Below this many (t, channel) steps in all a call runs on one thread: about 10 µs of work per
+// thread here, a few times what starting a region costs (waking a worker).
 constexpr int64_t kGrainSteps = 16384;
 
 inline int64_t channel_run(const int64_t B, const int64_t C, const int64_t nthreads,

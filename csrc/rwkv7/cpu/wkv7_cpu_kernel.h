@@ -384,7 +384,7 @@ void backward_item(const wkv::v7::CpuArgs<S, I>& a, int64_t item, S* scratch) {
 }
 
 // Below this many multiply-adds in all (T * N * N per item) a call runs on one thread: a
-// parallel region costs more than the work.
+// parallel region (waking a worker) would cost more than the work.
 constexpr int64_t kGrainFmas = 65536;
 
 // Runs item_fn(item, scratch) for every (batch row, head) through the one parallel-for

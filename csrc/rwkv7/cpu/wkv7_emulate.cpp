@@ -32,7 +32,8 @@ struct EmulatedGpu {
   template <class Body, class TIn, class S>
   void run(int64_t blocks, const CudaArgs<TIn, S>& args) {
     // one block's shared memory and threads per worker, allocated here (chunks must not throw)
-    const int nthreads = static_cast<int>(std::min<int64_t>(torch::stable::get_num_threads(), parallel::kMaxThreads));
+    const int nthreads =
+        static_cast<int>(std::min<int64_t>(torch::stable::get_num_threads(), parallel::kMaxThreads));
     std::vector<std::unique_ptr<typename Body::Shared>> sh(nthreads);
     std::vector<std::vector<typename Body::Thread>> th(nthreads);
     for (int w = 0; w < nthreads; ++w) {
